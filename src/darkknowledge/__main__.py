@@ -1,0 +1,5 @@
+import sys
+
+from darkknowledge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""The ``dk`` command line: demo, train, distill, evaluate, archs.
+
+Every command takes an optional YAML recipe (``--config``) and flags; flags override the recipe,
+which overrides the dataclass defaults in ``darkknowledge.config``. Bad input ends in one line on
+stderr and exit status 2; an interrupted training run keeps its last completed epoch (exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from darkknowledge.config import (DistillConfig, RunConfig, TeacherConfig, TrainConfig, TransferConfig,
+                                  build_configs, config_fields, load_yaml)
+from darkknowledge.errors import DKError
+
+COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
+    "train": (TrainConfig, RunConfig),
+    "distill": (TrainConfig, DistillConfig, TeacherConfig, TransferConfig, RunConfig),
+}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type]) -> None:
+    """One flag per dataclass field (``snake_case`` -> ``--kebab-case``); absent flags stay absent."""
+    for cls in classes:
+        group = parser.add_argument_group(cls.__name__)
+        for name, (f, ann) in config_fields(cls).items():
+            flag = f.metadata.get("flag", "--" + name.replace("_", "-"))
+            kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS,
+                                      help=f"{f.metadata.get('help', '')} (default: {f.default!r})")
+            if ann is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(ann) is tuple:
+                item = typing.get_args(ann)[0]
+                kw.update(type=item, **({"action": "append"} if "flag" in f.metadata else {"nargs": "+"}))
+            else:
+                kw["type"] = ann
+            group.add_argument(flag, **kw)
+
+
+def resolve(args: argparse.Namespace, classes: tuple[type, ...]) -> dict[type, Any]:
+    """Defaults <- recipe (``--config``) <- flags, validated by the dataclasses."""
+    overrides: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    source = f"recipe {args.config}" if args.config else "flags"
+    names = {n for cls in classes for n in config_fields(cls)}
+    overrides.update({k: v for k, v in vars(args).items() if k in names})
+    return build_configs(classes, overrides, source)
+
+
+def print_table(rows: list[dict[str, Any]], columns: Sequence[str], file=sys.stdout) -> None:
+    """A plain fixed-width table: the short summary every long command ends with."""
+    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if (out / "model.json").exists() and not (resume or overwrite):
+        raise DKError(f"{out} already holds a checkpoint; pass --resume to continue it, "
+                      "--overwrite to replace it, or choose another --out")
+
+
+def _result_row(r) -> dict[str, Any]:
+    return {"model": r.name, "test_errors": r.test["errors"], "test_size": r.test["test_size"],
+            "accuracy_%": round(100 * r.test["accuracy"], 2), "transfer_size": r.transfer_size,
+            "seconds": round(r.seconds, 1)}
+
+
+def _write_summary(out: Path, results: list, extra: dict[str, Any] | None = None) -> Path:
+    from darkknowledge.checkpoint import atomic_write_json
+
+    path = out / "summary.json"
+    atomic_write_json(path, {**(extra or {}), "results": [{**_result_row(r), "per_class_errors":
+                                                          r.test["per_class_errors"]} for r in results]})
+    return path
+
+
+COLUMNS = ("model", "test_errors", "test_size", "accuracy_%", "transfer_size", "seconds")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from darkknowledge.data import load_data
+    from darkknowledge.workflows import train
+
+    cfgs = resolve(args, COMMAND_CONFIGS["train"])
+    cfg, run = cfgs[TrainConfig], cfgs[RunConfig]
+    out = Path(run.out)
+    _check_out(out, args.resume, args.overwrite)
+    data = load_data(run.data)
+    result = train(cfg.arch, data, cfg, out=out, resume=args.resume, progress=not args.no_progress)
+    print_table([_result_row(result)], COLUMNS)
+    print(f"checkpoint: {out}  summary: {_write_summary(out, [result], {'command': 'train'})}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from darkknowledge.data import load_data
+    from darkknowledge.teachers import Teacher
+    from darkknowledge.training import resolve_device
+    from darkknowledge.workflows import distill
+
+    cfgs = resolve(args, COMMAND_CONFIGS["distill"])
+    cfg, dcfg, tch, tcfg, run = (cfgs[c] for c in COMMAND_CONFIGS["distill"])
+    if not tch.teachers:
+        raise DKError("distill needs at least one --teacher checkpoint")
+    out = Path(run.out)
+    _check_out(out, args.resume, args.overwrite)
+    data = load_data(run.data)
+    teacher = Teacher.from_checkpoints(tch.teachers, tch.combine, device=resolve_device(cfg.device),
+                                       cache_dir=run.cache_dir or None)
+    result = distill(f"distilled-{cfg.arch}", data, teacher, cfg, dcfg, tcfg, out=out, resume=args.resume,
+                     progress=not args.no_progress, meta={"teachers": list(tch.teachers)})
+    print_table([_result_row(result)], COLUMNS)
+    print(f"checkpoint: {out}  summary: {_write_summary(out, [result], {'command': 'distill'})}")
+    return 0
+
+
+def parse_bias_fix(items: Sequence[str]) -> dict[int, float]:
+    """``["3=3.5", "7=-7.6"]`` -> ``{3: 3.5, 7: -7.6}``."""
+    offsets = {}
+    for item in items:
+        cls, sep, val = item.partition("=")
+        try:
+            offsets[int(cls)] = float(val)
+        except ValueError:
+            raise DKError(f"--bias-fix takes CLASS=OFFSET (e.g. 3=3.5), got {item!r}") from None
+        if not sep:
+            raise DKError(f"--bias-fix takes CLASS=OFFSET (e.g. 3=3.5), got {item!r}")
+    return offsets
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from darkknowledge.checkpoint import load_checkpoint
+    from darkknowledge.data import load_data
+    from darkknowledge.evaluation import bias_vector, evaluate
+
+    offsets = parse_bias_fix(args.bias_fix or [])
+    model, meta, _ = load_checkpoint(args.checkpoint)
+    data = load_data(args.data)
+    if meta["in_features"] != data.in_features or meta["num_classes"] != data.num_classes:
+        raise DKError(f"checkpoint expects {meta['in_features']} inputs and {meta['num_classes']} classes; "
+                      f"data {args.data!r} has {data.in_features} and {data.num_classes}")
+    rows = [{"model": meta["arch"], "bias_fix": "none", **evaluate(model, data.x_test, data.y_test, data.num_classes)}]
+    if offsets:
+        bias = bias_vector(offsets, data.num_classes)
+        rows.append({"model": meta["arch"], "bias_fix": " ".join(args.bias_fix),
+                     **evaluate(model, data.x_test, data.y_test, data.num_classes, bias)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print_table([{**r, "accuracy_%": round(100 * r["accuracy"], 2)} for r in rows],
+                ("model", "bias_fix", "errors", "test_size", "accuracy_%"))
+    print("per-class errors:")
+    print_table([{"bias_fix": r["bias_fix"], **{str(c): e for c, e in enumerate(r["per_class_errors"])}} for r in rows],
+                ("bias_fix", *map(str, range(data.num_classes))))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from darkknowledge.demo import run_demo
+
+    summary = run_demo(Path(args.out), seed=args.seed, device=args.device, progress=not args.no_progress)
+    print_table(summary["table"], ("model", "arch", "train_images", "test_errors", "test_size", "accuracy_%", "seconds"))
+    print(f"distilled student {'beats' if summary['distilled_errors'] < summary['student_errors'] else 'does NOT beat'}"
+          f" the hard-label student: {summary['distilled_errors']} vs {summary['student_errors']} errors "
+          f"of {summary['test_size']}; total {summary['total_seconds']:.1f} s")
+    print(f"wrote {args.out}/summary.json and {args.out}/demo.png")
+    return 0
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    from darkknowledge.models import ARCHITECTURES
+
+    print_table([{"name": k, "description": v.description} for k, v in ARCHITECTURES.items()], ("name", "description"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dk", description="Knowledge distillation (Hinton, Vinyals & Dean 2015).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="teacher, hard-label student and distilled student on the embedded digits")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed for all three models (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.set_defaults(func=cmd_demo)
+
+    for name, func, text in (("train", cmd_train, "train a model on hard labels"),
+                             ("distill", cmd_distill, "train a student on teacher soft targets")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="YAML recipe (flat mapping; flags override it)")
+        p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+        p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+        add_config_flags(p, COMMAND_CONFIGS[name])
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("evaluate", help="test errors of a checkpoint, optionally with output-bias offsets")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--data", default="digits", help="'digits', an MNIST directory or a .npz (default: digits)")
+    p.add_argument("--bias-fix", nargs="+", metavar="CLASS=OFFSET", help="add OFFSET to CLASS's logit (paper section 3)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("archs", help="list the registered architectures")
+    p.set_defaults(func=cmd_archs)
+
+    for p in sub.choices.values():
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DKError as e:
+        print(f"dk: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        print(f"dk: interrupted; completed epochs are checkpointed{f' in {out}' if out else ''}: "
+              "rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

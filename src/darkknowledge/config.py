@@ -1,0 +1,174 @@
+"""All defaults, in frozen dataclasses; YAML recipes and CLI flags only override them.
+
+A recipe is a flat YAML mapping of literals. Every key must be a field of one of the dataclasses a
+command accepts; an unknown key or a value of the wrong type is a DKError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from darkknowledge.errors import DKError
+from darkknowledge.losses import COMBINE_METHODS
+from darkknowledge.models import ARCHITECTURES
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained (hard labels or distillation share this)."""
+
+    arch: str = _help("registered architecture (see `dk archs`)", "mlp-800x2")
+    epochs: int = _help("passes over the training / transfer set", 30)
+    batch_size: int = _help("examples per SGD step", 128)
+    lr: float = _help("peak learning rate of SGD with momentum", 0.05)
+    momentum: float = _help("SGD momentum", 0.9)
+    weight_decay: float = _help("L2 weight decay (0: none, as for the paper's unregularised students)", 0.0)
+    lr_schedule: str = _help(f"learning-rate schedule over all steps: {', '.join(LR_SCHEDULES)}", "cosine")
+    jitter: int = _help("random translation of training inputs by up to this many pixels (paper: 2 for the teacher)", 0)
+    seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
+    device: str = _help("cpu, cuda, cuda:N, or auto (cuda when available)", "cpu")
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise DKError(f"unknown architecture {self.arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+        _positive(self, "epochs", "batch_size", "lr")
+        _non_negative(self, "momentum", "weight_decay", "jitter")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DKError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", self.device):
+            raise DKError(f"unknown device {self.device!r}; allowed: cpu, cuda, cuda:N, mps, auto")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The distillation objective of paper section 2."""
+
+    temperature: float = _help("softmax temperature T shared by teacher and student (paper MNIST: 20)", 20.0)
+    soft_weight: float = _help("weight of the T^2-scaled soft-target term", 1.0)
+    hard_weight: float = _help("weight of the true-label cross-entropy at T = 1 (paper: considerably lower)", 0.0)
+
+    def __post_init__(self) -> None:
+        _positive(self, "temperature")
+        _non_negative(self, "soft_weight", "hard_weight")
+        if self.soft_weight == 0 and self.hard_weight == 0:
+            raise DKError("soft_weight and hard_weight are both 0: nothing to learn from")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Which trained checkpoints teach, and how an ensemble's distributions are averaged."""
+
+    teachers: tuple[str, ...] = field(default=(), metadata={
+        "help": "teacher checkpoint directory; repeat for an ensemble", "flag": "--teacher"})
+    combine: str = _help(f"ensemble mean of the members' distributions: {', '.join(COMBINE_METHODS)}", "arithmetic")
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE_METHODS:
+            raise DKError(f"unknown combine method {self.combine!r}; allowed: {', '.join(COMBINE_METHODS)}")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Which part of the training set the student learns from (paper sections 3 and 6)."""
+
+    omit_classes: tuple[int, ...] = _help("classes removed from the transfer set (paper: 3)", ())
+    only_classes: tuple[int, ...] = _help("keep only these classes in the transfer set (paper: 7 8)", ())
+    fraction: float = _help("random fraction of the transfer set kept (paper section 6: 0.03)", 1.0)
+    unlabelled: bool = _help("drop the true labels: learn from soft targets alone", False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise DKError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.omit_classes and self.only_classes:
+            raise DKError("give omit_classes or only_classes, not both")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a command reads data from and writes to."""
+
+    data: str = _help("'digits' (embedded), an MNIST directory, or a .npz file", "digits")
+    out: str = _help("output directory (checkpoint, summary, plots)", "runs/model")
+    cache_dir: str = _help("directory for cached teacher logits ('' to keep them in memory only)", ".cache/darkknowledge")
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not v > 0:
+            raise DKError(f"{n} must be > 0, got {v}")
+
+
+def _non_negative(cfg: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not v >= 0:
+            raise DKError(f"{n} must be >= 0, got {v}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check a YAML/CLI value against a field annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item, _) = typing.get_args(annotation)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(key, v, item) for v in values)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool) or annotation is not bool and isinstance(value, bool) \
+            or not isinstance(value, annotation):
+        raise DKError(f"key {key!r} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """``{name: (field, resolved type)}`` of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe file: a flat mapping from keys to literals."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise DKError(f"cannot read recipe {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise DKError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DKError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build_configs(classes: tuple[type, ...], overrides: dict[str, Any], source: str = "config") -> dict[type, Any]:
+    """Route each key of ``overrides`` to the dataclass that owns it and build them all.
+
+    Raises DKError for an unknown key (listing the allowed ones) or a value of the wrong type.
+    """
+    owner: dict[str, tuple[type, Any]] = {}
+    for cls in classes:
+        for name, (_, ann) in config_fields(cls).items():
+            owner[name] = (cls, ann)
+    kwargs: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
+    for key, value in overrides.items():
+        if key not in owner:
+            raise DKError(f"unknown key {key!r} in {source}; allowed: {', '.join(sorted(owner))}")
+        cls, ann = owner[key]
+        kwargs[cls][key] = _coerce(key, value, ann)
+    return {cls: cls(**kw) for cls, kw in kwargs.items()}

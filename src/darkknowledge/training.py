@@ -1,0 +1,190 @@
+"""The one training loop, for hard labels and for distillation alike.
+
+``fit`` reads top to bottom: shuffle, (jitter), forward, objective, backward, SGD step, weight
+constraint; evaluate and checkpoint once per epoch. Every source of randomness (shuffling, jitter,
+dropout) is reseeded from ``(seed, epoch)`` at the start of each epoch, so a run resumed from an
+epoch checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from darkknowledge.checkpoint import OPTIM_PREFIX, load_checkpoint, save_checkpoint
+from darkknowledge.config import DistillConfig, TrainConfig
+from darkknowledge.data import jitter
+from darkknowledge.errors import DKError
+from darkknowledge.evaluation import errors_from_logits
+from darkknowledge.losses import distillation_loss
+from darkknowledge.models import apply_constraints, build_model
+from darkknowledge.teachers import predict_logits
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for an absent CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DKError(f"device {name!r} requested but CUDA is not available here")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class HardLabels:
+    """Ordinary cross-entropy with the true labels (the baseline students and the teacher)."""
+
+    labels: torch.Tensor  # [N]
+
+    def to(self, device: torch.device) -> "HardLabels":
+        return HardLabels(self.labels.to(device))
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, self.labels[idx])
+
+
+@dataclass(frozen=True)
+class SoftTargets:
+    """The distillation objective (paper section 2) against precomputed teacher soft targets."""
+
+    targets: torch.Tensor  # [N, C] teacher probabilities at config.temperature
+    labels: torch.Tensor  # [N], -1 where unlabelled
+    config: DistillConfig
+
+    def to(self, device: torch.device) -> "SoftTargets":
+        return SoftTargets(self.targets.to(device), self.labels.to(device), self.config)
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return distillation_loss(logits, self.targets[idx], c.temperature, self.labels[idx],
+                                 soft_weight=c.soft_weight, hard_weight=c.hard_weight)
+
+
+Objective = HardLabels | SoftTargets
+
+
+def new_model(cfg: TrainConfig, in_features: int, num_classes: int) -> nn.Module:
+    """Build ``cfg.arch`` with weights initialised from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.arch, in_features, num_classes)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {f"{OPTIM_PREFIX}{i}.{k}": v for i, s in opt.state_dict()["state"].items()
+            for k, v in s.items() if torch.is_tensor(v)}
+
+
+def _restore_optim(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> None:
+    state = opt.state_dict()
+    for name, v in extra.items():
+        i, k = name[len(OPTIM_PREFIX):].split(".", 1)
+        state["state"].setdefault(int(i), {})[k] = v
+    opt.load_state_dict(state)
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Objective,
+    cfg: TrainConfig,
+    *,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    checkpoint: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    resume: bool = False,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``model`` on inputs ``x [N, H, W]`` against ``objective`` for ``cfg.epochs`` epochs.
+
+    Args:
+        model: the network to train (a registry architecture: ``cfg.arch``).
+        x: transfer/training inputs; moved once to ``cfg.device`` and kept there.
+        objective: ``HardLabels`` or ``SoftTargets`` over the same N examples.
+        cfg: optimisation settings.
+        x_test, y_test: if given, test errors are measured after every epoch.
+        checkpoint: directory written atomically after every epoch (weights, optimiser, history).
+        meta: extra JSON fields stored in the checkpoint (data source, teacher, distill config...).
+        resume: continue from ``checkpoint`` if it holds an unfinished run of the same config.
+        desc, progress: progress-bar label and switch.
+
+    Returns:
+        The per-epoch history: ``[{"epoch", "loss", "test_errors", "seconds"}, ...]``.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    x = x.to(device)
+    objective = objective.to(device)
+    if x_test is not None:
+        x_test, y_test = x_test.to(device), y_test.to(device)
+    with torch.no_grad():
+        num_classes = int(model(x[:1]).shape[-1])
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume and checkpoint is not None and (Path(checkpoint) / "model.json").is_file():
+        saved, saved_meta, extra = load_checkpoint(checkpoint, expected_arch=cfg.arch)
+        if saved_meta.get("train_config") != train_cfg:
+            changed = sorted(k for k in train_cfg if saved_meta.get("train_config", {}).get(k) != train_cfg[k])
+            raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
+        model.load_state_dict(saved.state_dict())
+        _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
+        start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
+
+    n, bs = len(x), cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total = cfg.epochs * steps_per_epoch
+    bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
+               unit="epoch", leave=False, mininterval=0.5)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout
+        gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch))
+        model.train()
+        perm = torch.randperm(n, device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        for i, step in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
+            idx = perm[i * bs:(i + 1) * bs]
+            xb = jitter(x[idx], cfg.jitter, gen) if cfg.jitter else x[idx]
+            loss = objective(model(xb), idx)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step, total)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            apply_constraints(model)
+            loss_sum += loss.detach() * len(idx)  # stays on device: no sync per step
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / n}
+        if x_test is not None:
+            record["test_errors"] = errors_from_logits(predict_logits(model, x_test), y_test, num_classes)["errors"]
+        record["seconds"] = round(time.perf_counter() - t0, 4)
+        history.append(record)
+        bar.set_postfix({k: v for k, v in record.items() if k in ("loss", "test_errors")})
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, {
+                **(meta or {}), "arch": cfg.arch, "in_features": int(x[0].numel()), "num_classes": num_classes,
+                "epoch": epoch + 1, "epochs": cfg.epochs, "train_config": train_cfg, "history": history,
+            }, extra=_optim_tensors(opt))
+    bar.close()
+    return history

@@ -1,0 +1,98 @@
+"""Train and distill end to end: data + configs in, evaluated model (and checkpoint) out.
+
+These are what the CLI commands and the experiments call; the loop itself is ``training.fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
+from darkknowledge.data import Dataset, drop_classes, drop_labels, keep_classes, keep_fraction
+from darkknowledge.errors import DKError
+from darkknowledge.evaluation import evaluate
+from darkknowledge.teachers import Teacher
+from darkknowledge.training import HardLabels, SoftTargets, fit, new_model, resolve_device
+
+
+@dataclass
+class Result:
+    """A trained model with its per-epoch history, wall time and final test metrics."""
+
+    name: str
+    model: nn.Module
+    history: list[dict[str, Any]]
+    seconds: float
+    test: dict[str, Any]
+    transfer_size: int
+
+
+def transfer_set(data: Dataset, cfg: TransferConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split filtered as ``cfg`` says (omitted/only classes, fraction, no labels)."""
+    x, y = data.x_train, data.y_train
+    for c in cfg.omit_classes + cfg.only_classes:
+        if not 0 <= c < data.num_classes:
+            raise DKError(f"class {c} is outside the data's classes 0..{data.num_classes - 1}")
+    if cfg.omit_classes:
+        x, y = drop_classes(x, y, cfg.omit_classes)
+    if cfg.only_classes:
+        x, y = keep_classes(x, y, cfg.only_classes)
+    if cfg.fraction < 1:
+        x, y = keep_fraction(x, y, cfg.fraction, seed)
+    if len(y) == 0:
+        raise DKError("the transfer set is empty after filtering")
+    if cfg.unlabelled:
+        y = drop_labels(y)
+    return x, y
+
+
+def check_teacher_fits(teacher: Teacher, data: Dataset) -> None:
+    """The teacher must take the data's inputs and predict over the data's classes."""
+    if teacher.num_classes != data.num_classes:
+        raise DKError(f"teacher predicts {teacher.num_classes} classes but the data has {data.num_classes}")
+    try:
+        with torch.no_grad():
+            teacher.members[0].eval()(data.x_test[:1].to(next(teacher.members[0].parameters()).device))
+    except RuntimeError:
+        raise DKError(f"teacher does not take this data's inputs of shape {tuple(data.x_test.shape[1:])}") from None
+
+
+def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = None, resume: bool = False,
+          progress: bool = True, meta: dict[str, Any] | None = None,
+          transfer: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+    """Hard-label training of ``cfg.arch`` on the training split (or on ``transfer``)."""
+    x, y = transfer if transfer is not None else (data.x_train, data.y_train)
+    t0 = time.perf_counter()
+    model = new_model(cfg, data.in_features, data.num_classes)
+    history = fit(model, x, HardLabels(y), cfg, x_test=data.x_test, y_test=data.y_test, checkpoint=out,
+                  meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress)
+    seconds = time.perf_counter() - t0
+    return Result(name, model, history, seconds, evaluate(model, data.x_test.to(resolve_device(cfg.device)),
+                                                          data.y_test.to(resolve_device(cfg.device)), data.num_classes), len(y))
+
+
+def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: DistillConfig,
+            tcfg: TransferConfig = TransferConfig(), out: str | Path | None = None, resume: bool = False,
+            progress: bool = True, meta: dict[str, Any] | None = None) -> Result:
+    """Train ``cfg.arch`` on the teacher's soft targets at ``dcfg.temperature`` over the transfer set."""
+    check_teacher_fits(teacher, data)
+    device = resolve_device(cfg.device)
+    x, y = transfer_set(data, tcfg, cfg.seed)
+    t0 = time.perf_counter()
+    targets = teacher.soft_targets(x.to(device), dcfg.temperature)
+    model = new_model(cfg, data.in_features, data.num_classes)
+    meta = {"role": name, "data": data.name, "distill_config": dataclasses.asdict(dcfg),
+            "transfer_config": dataclasses.asdict(tcfg), "teacher_fingerprint": teacher.fingerprint(),
+            "combine": teacher.combine, **(meta or {})}
+    history = fit(model, x, SoftTargets(targets, y, dcfg), cfg, x_test=data.x_test, y_test=data.y_test,
+                  checkpoint=out, meta=meta, resume=resume, desc=name, progress=progress)
+    seconds = time.perf_counter() - t0
+    return Result(name, model, history, seconds,
+                  evaluate(model, data.x_test.to(device), data.y_test.to(device), data.num_classes), len(y))

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from darkknowledge import ARCHITECTURES, DKError, MLP, build_model
+from darkknowledge.models import apply_constraints
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_builds_and_runs(arch):
+    model = build_model(arch, 64, 10)
+    out = model(torch.rand(5, 8, 8))
+    assert out.shape == (5, 10)
+    out.sum().backward()  # every parameter gets a gradient
+    assert all(p.grad is not None for p in model.parameters())
+    assert ARCHITECTURES[arch].description
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_eval_mode_is_deterministic(arch):
+    model = build_model(arch, 64, 10).eval()
+    x = torch.rand(5, 64)
+    torch.testing.assert_close(model(x), model(x))
+
+
+def test_teacher_is_the_papers_regularised_net():
+    teacher = build_model("mlp-1200x2", 784, 10)
+    widths = [m.out_features for m in teacher.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [1200, 1200, 10]
+    assert [m.p for m in teacher.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.5, 0.5]
+    assert teacher.max_norm == 15.0
+    student = build_model("mlp-800x2", 784, 10)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in student.modules()) and student.max_norm is None
+
+
+def test_max_norm_constraint_caps_each_units_incoming_weights():
+    model = MLP(10, (20,), 3, max_norm=1.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(50)
+    small = model.net[-1].weight[0].clone() / 1e6
+    with torch.no_grad():
+        model.net[-1].weight[0] = small
+    apply_constraints(model)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            assert m.weight.norm(dim=1).max() <= 1.0 + 1e-5
+    torch.testing.assert_close(model.net[-1].weight[0], small)  # already inside the ball: untouched
+
+
+def test_unknown_architecture_is_named():
+    with pytest.raises(DKError, match="unknown architecture 'resnet-9000'.*mlp-800x2"):
+        build_model("resnet-9000", 64, 10)

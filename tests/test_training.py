@@ -1,0 +1,88 @@
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from darkknowledge import DKError
+from darkknowledge.checkpoint import load_checkpoint, read_meta
+from darkknowledge.config import DistillConfig, TrainConfig
+from darkknowledge.data import load_digits
+from darkknowledge.training import HardLabels, SoftTargets, fit, new_model
+
+FAST = TrainConfig(arch="mlp-30x2", epochs=3, batch_size=64, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def test_hard_label_training_learns(digits):
+    model = new_model(replace(FAST, epochs=10), 64, 10)
+    hist = fit(model, digits.x_train, HardLabels(digits.y_train), replace(FAST, epochs=10),
+               x_test=digits.x_test, y_test=digits.y_test, progress=False)
+    assert [h["epoch"] for h in hist] == list(range(1, 11))
+    assert hist[-1]["loss"] < hist[0]["loss"] and hist[-1]["test_errors"] < 100  # chance: ~810
+
+
+def test_distillation_reproduces_a_teacher(digits):
+    teacher = new_model(replace(FAST, epochs=10), 64, 10)
+    fit(teacher, digits.x_train, HardLabels(digits.y_train), replace(FAST, epochs=10), progress=False)
+    with torch.no_grad():
+        targets = torch.softmax(teacher.eval()(digits.x_train) / 4, -1)
+    student = new_model(replace(FAST, epochs=20, seed=1), 64, 10)
+    fit(student, digits.x_train, SoftTargets(targets, torch.full_like(digits.y_train, -1), DistillConfig(4.0)),
+        replace(FAST, epochs=20, seed=1), progress=False)
+    agree = (student.eval()(digits.x_test).argmax(-1) == teacher(digits.x_test).argmax(-1)).float().mean()
+    assert agree > 0.9  # learnt the teacher's function without a single true label
+
+
+def test_same_seed_same_weights(digits):
+    a, b = (new_model(FAST, 64, 10) for _ in range(2))
+    for m in (a, b):
+        fit(m, digits.x_train, HardLabels(digits.y_train), replace(FAST, jitter=1), progress=False)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resume_rejects_other_settings_and_architectures(digits, tmp_path):
+    fit(new_model(FAST, 64, 10), digits.x_train, HardLabels(digits.y_train), FAST, checkpoint=tmp_path, progress=False)
+    with pytest.raises(DKError, match="different settings \\(lr\\)"):
+        fit(new_model(FAST, 64, 10), digits.x_train, HardLabels(digits.y_train), replace(FAST, lr=0.1),
+            checkpoint=tmp_path, resume=True, progress=False)
+    other = replace(FAST, arch="mlp-300x2")
+    with pytest.raises(DKError, match="is a 'mlp-30x2' model, expected 'mlp-300x2'"):
+        fit(new_model(other, 64, 10), digits.x_train, HardLabels(digits.y_train), other, checkpoint=tmp_path,
+            resume=True, progress=False)
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path):
+    """Interrupt a real `dk train` with SIGINT after its first checkpoint, resume it, compare."""
+    args = ["--arch", "mlp-1200x2", "--epochs", "4", "--batch-size", "64", "--jitter", "1", "--no-progress"]
+    cmd = [sys.executable, "-m", "darkknowledge", "train", *args]
+    full = subprocess.run([*cmd, "--out", tmp_path / "full"], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+
+    proc = subprocess.Popen([*cmd, "--out", tmp_path / "cut"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "cut" / "model.json").exists():
+        assert time.time() < deadline and proc.poll() is None, "run ended before its first checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    stopped_at = read_meta(tmp_path / "cut")["epoch"]
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    assert 1 <= stopped_at < 4, "the interrupt came too late to test resuming"
+
+    resumed = subprocess.run([*cmd, "--out", tmp_path / "cut", "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, meta_a, _ = load_checkpoint(tmp_path / "full")
+    b, meta_b, _ = load_checkpoint(tmp_path / "cut")
+    assert meta_b["epoch"] == 4
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
