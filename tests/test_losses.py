@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 from darkknowledge import DKError, distillation_loss, ensemble_probs, logit_matching_loss, soften
 
-torch.set_default_dtype(torch.float64)  # tight tolerances for the maths tests
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    """Tight tolerances for the maths tests; restored so other modules keep float32."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def np_softmax(z, t):

@@ -26,7 +26,7 @@ def test_hard_label_training_learns(digits):
     hist = fit(model, digits.x_train, HardLabels(digits.y_train), replace(FAST, epochs=10),
                x_test=digits.x_test, y_test=digits.y_test, progress=False)
     assert [h["epoch"] for h in hist] == list(range(1, 11))
-    assert hist[-1]["loss"] < hist[0]["loss"] and hist[-1]["test_errors"] < 100  # chance: ~810
+    assert hist[-1]["loss"] < hist[0]["loss"] and hist[-1]["test_errors"] < 200  # chance: ~810
 
 
 def test_distillation_reproduces_a_teacher(digits):

@@ -1,4 +1,4 @@
-"""The ``dk`` command line: demo, train, distill, evaluate, archs.
+"""The ``dk`` command line: demo, train, distill, evaluate, reproduce, export, archs.
 
 Every command takes an optional YAML recipe (``--config``) and flags; flags override the recipe,
 which overrides the dataclass defaults in ``darkknowledge.config``. Bad input ends in one line on
@@ -182,6 +182,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from darkknowledge.experiments.mnist import reproduce
+
+    scale = "quick" if args.quick else args.scale
+    if not args.data_dir:
+        raise DKError("reproduce mnist needs --data-dir: a directory with the canonical MNIST IDX files "
+                      "(e.g. from `python ../shared/tools/datasets.py install DIR --only mnist`)")
+    out = Path(args.out or f"runs/mnist-{scale}")
+    results = reproduce(args.data_dir, out, scale=scale, seeds=args.seeds, device=args.device,
+                        progress=not args.no_progress, cache_dir=args.cache_dir or None,
+                        log=lambda m: print(m, file=sys.stderr))
+    print_table([{**r, "measured": f"{r['mean']:.4g} ± {r['std']:.2g}"} for r in results["rows"]],
+                ("experiment", "metric", "paper", "measured", "seeds", "seconds"))
+    for k, v in results["bias_offsets"].items():
+        print(f"{k}: bias offset fitted on validation {v['validation_fitted']}, test-optimal {v['test_optimal']}, "
+              f"paper {v['paper']}")
+    print(f"{results['hardware']}; total {results['total_seconds']:.0f} s; wrote {out}/results.json, results.md, "
+          f"bias_fix.png{', sweep.png' if results['sweep'] else ''}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from darkknowledge.export import export_onnx
+
+    report = export_onnx(args.checkpoint, Path(args.out), check=not args.no_check)
+    print_table([report], tuple(report))
+    return 0
+
+
 def cmd_archs(args: argparse.Namespace) -> int:
     from darkknowledge.models import ARCHITECTURES
 
@@ -214,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias-fix", nargs="+", metavar="CLASS=OFFSET", help="add OFFSET to CLASS's logit (paper section 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reproduce", help="reproduce a paper experiment end to end (paper vs measured table)")
+    p.add_argument("experiment", choices=["mnist"], help="which experiment family (paper section 3: mnist)")
+    p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files")
+    p.add_argument("--out", help="output directory (default: runs/mnist-SCALE)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per experiment (default: 3)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--scale", choices=["full", "quick", "smoke"], default="full",
+                   help="full: paper scale (GPU); quick: ~12 min on 2 CPU cores; smoke: seconds, for tests")
+    p.add_argument("--quick", action="store_true", help="same as --scale quick")
+    p.add_argument("--cache-dir", default="", help="directory for cached teacher logits (default: memory only)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("export", help="write a checkpoint as ONNX and check it in onnxruntime")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("archs", help="list the registered architectures")
     p.set_defaults(func=cmd_archs)

@@ -157,13 +157,13 @@ def load_data(source: str) -> Dataset:
 
 def drop_classes(x: torch.Tensor, y: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove every example of ``classes`` (the paper's 'omitted 3' transfer set)."""
-    keep = ~torch.isin(y, torch.as_tensor(list(classes), dtype=y.dtype))
+    keep = ~torch.isin(y, torch.as_tensor(list(classes), dtype=y.dtype, device=y.device))
     return x[keep], y[keep]
 
 
 def keep_classes(x: torch.Tensor, y: torch.Tensor, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep only examples of ``classes`` (the paper's '7s and 8s only' transfer set)."""
-    keep = torch.isin(y, torch.as_tensor(list(classes), dtype=y.dtype))
+    keep = torch.isin(y, torch.as_tensor(list(classes), dtype=y.dtype, device=y.device))
     return x[keep], y[keep]
 
 

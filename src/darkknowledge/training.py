@@ -25,7 +25,7 @@ from darkknowledge.config import DistillConfig, TrainConfig
 from darkknowledge.data import jitter
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits
-from darkknowledge.losses import distillation_loss
+from darkknowledge.losses import distillation_loss, logit_matching_loss
 from darkknowledge.models import apply_constraints, build_model
 from darkknowledge.teachers import predict_logits
 
@@ -69,7 +69,20 @@ class SoftTargets:
                                  soft_weight=c.soft_weight, hard_weight=c.hard_weight)
 
 
-Objective = HardLabels | SoftTargets
+@dataclass(frozen=True)
+class MatchLogits:
+    """Caruana/Ba logit matching: squared error to the teacher's logits (paper section 2.1)."""
+
+    teacher_logits: torch.Tensor  # [N, C]
+
+    def to(self, device: torch.device) -> "MatchLogits":
+        return MatchLogits(self.teacher_logits.to(device))
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return logit_matching_loss(logits, self.teacher_logits[idx])
+
+
+Objective = HardLabels | SoftTargets | MatchLogits
 
 
 def new_model(cfg: TrainConfig, in_features: int, num_classes: int) -> nn.Module:
@@ -120,7 +133,7 @@ def fit(
     Args:
         model: the network to train (a registry architecture: ``cfg.arch``).
         x: transfer/training inputs; moved once to ``cfg.device`` and kept there.
-        objective: ``HardLabels`` or ``SoftTargets`` over the same N examples.
+        objective: ``HardLabels``, ``SoftTargets`` or ``MatchLogits`` over the same N examples.
         cfg: optimisation settings.
         x_test, y_test: if given, test errors are measured after every epoch.
         checkpoint: directory written atomically after every epoch (weights, optimiser, history).

@@ -19,7 +19,7 @@ from darkknowledge.data import Dataset, drop_classes, drop_labels, keep_classes,
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import evaluate
 from darkknowledge.teachers import Teacher
-from darkknowledge.training import HardLabels, SoftTargets, fit, new_model, resolve_device
+from darkknowledge.training import HardLabels, MatchLogits, Objective, SoftTargets, fit, new_model, resolve_device
 
 
 @dataclass
@@ -64,35 +64,47 @@ def check_teacher_fits(teacher: Teacher, data: Dataset) -> None:
         raise DKError(f"teacher does not take this data's inputs of shape {tuple(data.x_test.shape[1:])}") from None
 
 
+def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objective, cfg: TrainConfig,
+                     out: str | Path | None = None, resume: bool = False, progress: bool = True,
+                     meta: dict[str, Any] | None = None) -> Result:
+    """Build ``cfg.arch``, fit it to ``objective`` over inputs ``x``, and evaluate it on the test split."""
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    model = new_model(cfg, data.in_features, data.num_classes)
+    history = fit(model, x, objective, cfg, x_test=data.x_test, y_test=data.y_test, checkpoint=out,
+                  meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress)
+    seconds = time.perf_counter() - t0
+    test = evaluate(model, data.x_test.to(device), data.y_test.to(device), data.num_classes)
+    return Result(name, model, history, seconds, test, len(x))
+
+
 def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = None, resume: bool = False,
           progress: bool = True, meta: dict[str, Any] | None = None,
           transfer: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Hard-label training of ``cfg.arch`` on the training split (or on ``transfer``)."""
     x, y = transfer if transfer is not None else (data.x_train, data.y_train)
-    t0 = time.perf_counter()
-    model = new_model(cfg, data.in_features, data.num_classes)
-    history = fit(model, x, HardLabels(y), cfg, x_test=data.x_test, y_test=data.y_test, checkpoint=out,
-                  meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress)
-    seconds = time.perf_counter() - t0
-    return Result(name, model, history, seconds, evaluate(model, data.x_test.to(resolve_device(cfg.device)),
-                                                          data.y_test.to(resolve_device(cfg.device)), data.num_classes), len(y))
+    return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta)
 
 
 def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: DistillConfig,
             tcfg: TransferConfig = TransferConfig(), out: str | Path | None = None, resume: bool = False,
-            progress: bool = True, meta: dict[str, Any] | None = None) -> Result:
-    """Train ``cfg.arch`` on the teacher's soft targets at ``dcfg.temperature`` over the transfer set."""
+            progress: bool = True, meta: dict[str, Any] | None = None,
+            transfer: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+    """Train ``cfg.arch`` on the teacher's soft targets at ``dcfg.temperature`` over the transfer set.
+
+    The transfer set is the training split filtered by ``tcfg``, unless ``transfer`` gives it directly.
+    """
     check_teacher_fits(teacher, data)
-    device = resolve_device(cfg.device)
-    x, y = transfer_set(data, tcfg, cfg.seed)
-    t0 = time.perf_counter()
-    targets = teacher.soft_targets(x.to(device), dcfg.temperature)
-    model = new_model(cfg, data.in_features, data.num_classes)
-    meta = {"role": name, "data": data.name, "distill_config": dataclasses.asdict(dcfg),
-            "transfer_config": dataclasses.asdict(tcfg), "teacher_fingerprint": teacher.fingerprint(),
-            "combine": teacher.combine, **(meta or {})}
-    history = fit(model, x, SoftTargets(targets, y, dcfg), cfg, x_test=data.x_test, y_test=data.y_test,
-                  checkpoint=out, meta=meta, resume=resume, desc=name, progress=progress)
-    seconds = time.perf_counter() - t0
-    return Result(name, model, history, seconds,
-                  evaluate(model, data.x_test.to(device), data.y_test.to(device), data.num_classes), len(y))
+    x, y = transfer if transfer is not None else transfer_set(data, tcfg, cfg.seed)
+    targets = teacher.soft_targets(x.to(resolve_device(cfg.device)), dcfg.temperature)
+    meta = {"distill_config": dataclasses.asdict(dcfg), "transfer_config": dataclasses.asdict(tcfg),
+            "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine, **(meta or {})}
+    return fit_and_evaluate(name, data, x, SoftTargets(targets, y, dcfg), cfg, out, resume, progress, meta)
+
+
+def match_logits(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, x: torch.Tensor,
+                 progress: bool = True) -> Result:
+    """Train ``cfg.arch`` to regress the teacher's (ensemble-mean) logits on ``x`` (paper section 2.1)."""
+    check_teacher_fits(teacher, data)
+    logits = teacher.member_logits(x.to(resolve_device(cfg.device))).mean(0)
+    return fit_and_evaluate(name, data, x, MatchLogits(logits), cfg, progress=progress)

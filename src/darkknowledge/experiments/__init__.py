@@ -1,0 +1,1 @@
+"""Paper reproductions, one module per experiment family (``dk reproduce NAME``)."""

@@ -1,0 +1,26 @@
+"""ONNX export of a trained student, run in onnxruntime and compared with PyTorch."""
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from conftest import run_dk
+from darkknowledge.checkpoint import load_checkpoint
+
+
+def test_export_matches_pytorch(tmp_path):
+    ck = tmp_path / "s"
+    assert run_dk("train", "--arch", "mlp-800x2", "--epochs", "1", "--out", ck, "--no-progress").returncode == 0
+    r = run_dk("export", "--checkpoint", ck, "--out", tmp_path / "s.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "max_abs_diff" in r.stdout
+    model, _, _ = load_checkpoint(ck)
+    x = torch.rand(33, 8, 8)
+    got = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    want = model.eval()(x).detach().numpy()
+    assert got.shape == (33, 10) and np.abs(got - want).max() < 1e-4
+
+
+def test_export_of_missing_checkpoint(tmp_path):
+    r = run_dk("export", "--checkpoint", tmp_path / "none", "--out", tmp_path / "x.onnx")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr and not (tmp_path / "x.onnx").exists()
