@@ -86,3 +86,13 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
     assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
+
+
+def test_resume_rejects_a_changed_objective(digits, tmp_path):
+    targets = torch.full((len(digits.y_train), 10), 0.1)
+    obj = SoftTargets(targets, digits.y_train, DistillConfig(4.0))
+    fit(new_model(FAST, 64, 10), digits.x_train, obj, FAST, checkpoint=tmp_path, progress=False,
+        meta={"distill_config": {"temperature": 4.0}})
+    with pytest.raises(DKError, match="different settings \\(distill_config\\)"):
+        fit(new_model(FAST, 64, 10), digits.x_train, obj, FAST, checkpoint=tmp_path, resume=True, progress=False,
+            meta={"distill_config": {"temperature": 8.0}})

@@ -25,6 +25,8 @@ from darkknowledge.errors import DKError
 from darkknowledge.models import build_model
 
 WEIGHTS, META = "model.safetensors", "model.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 OPTIM_PREFIX = "optim."
 
 
@@ -33,6 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -9,6 +9,7 @@ epoch checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -160,6 +161,11 @@ def fit(
         saved, saved_meta, extra = load_checkpoint(checkpoint, expected_arch=cfg.arch)
         if saved_meta.get("train_config") != train_cfg:
             changed = sorted(k for k in train_cfg if saved_meta.get("train_config", {}).get(k) != train_cfg[k])
+            raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
+        # The objective's settings too (temperature, transfer set, teacher weights...): JSON-normalised.
+        wanted = json.loads(json.dumps(meta or {}))
+        changed = sorted(k for k, v in wanted.items() if saved_meta.get(k) != v)
+        if changed:
             raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
         model.load_state_dict(saved.state_dict())
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})

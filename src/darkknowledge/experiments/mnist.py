@@ -16,13 +16,14 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
-from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
+from darkknowledge.config import DistillConfig, TrainConfig, build_configs, load_yaml
 from darkknowledge.data import Dataset, drop_classes, keep_classes, load_mnist, split_validation
 from darkknowledge.evaluation import bias_vector, errors_from_logits, fit_bias_offset
 from darkknowledge.teachers import Teacher, predict_logits
@@ -73,9 +74,16 @@ SCALES: dict[str, Scale] = {
                    train_limit=3000),
 }
 
-TEACHER = TrainConfig(arch="mlp-1200x2", lr=0.1, jitter=2)  # paper: dropout, max-norm, jitter <= 2 px
-STUDENT = TrainConfig(arch="mlp-800x2", lr=0.05)  # paper: no regularisation at all
-DISTILL = DistillConfig(temperature=20.0, soft_weight=1.0, hard_weight=0.0)  # paper: T = 20, soft targets
+def load_recipe(name: str, classes: tuple[type, ...] = (TrainConfig,)) -> dict[type, Any]:
+    """A packaged recipe ``darkknowledge/recipes/mnist/NAME.yaml``, validated like any user recipe."""
+    path = Path(str(files("darkknowledge.recipes.mnist") / f"{name}.yaml"))
+    return build_configs(classes, load_yaml(path), f"recipe {path.name}")
+
+
+TEACHER = load_recipe("teacher")[TrainConfig]
+STUDENT = load_recipe("student")[TrainConfig]
+_distilled = load_recipe("distilled", (TrainConfig, DistillConfig))
+DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
 
 
 def git_commit() -> str:
@@ -118,6 +126,7 @@ def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool
     n, c = len(data.y_test), data.num_classes
     teacher_cfg = replace(TEACHER, epochs=scale.teacher_epochs, batch_size=scale.batch_size, seed=seed, device=device)
     student_cfg = replace(STUDENT, epochs=scale.student_epochs, batch_size=scale.batch_size, seed=seed, device=device)
+    distilled_cfg = replace(DISTILLED, epochs=scale.student_epochs, batch_size=scale.batch_size, seed=seed, device=device)
     rows: dict[str, tuple[float, float]] = {}  # name -> (value, seconds)
     out: dict[str, Any] = {"seed": seed}
 
@@ -128,7 +137,7 @@ def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool
     student = train("student", data, student_cfg, progress=progress)
     rows["student"] = (student.test["errors"], student.seconds)
 
-    distilled = distill("distilled", data, teacher, student_cfg, DISTILL, progress=progress)
+    distilled = distill("distilled", data, teacher, distilled_cfg, DISTILL, progress=progress)
     rows["distilled"] = (distilled.test["errors"], distilled.seconds)
     out["per_class_errors"] = {"teacher": teacher_run.test["per_class_errors"],
                                "student": student.test["per_class_errors"],
@@ -136,7 +145,7 @@ def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool
 
     x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, scale.val_size, seed=seed)
     t0 = time.perf_counter()
-    omit = _bias_experiment("omit3", data, teacher, student_cfg, drop_classes(x_rest, y_rest, [3]), (x_val, y_val),
+    omit = _bias_experiment("omit3", data, teacher, distilled_cfg, drop_classes(x_rest, y_rest, [3]), (x_val, y_val),
                             (3,), progress)
     secs = time.perf_counter() - t0
     rows["omit3"] = (omit["result"].test["errors"], secs)
@@ -145,7 +154,7 @@ def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool
     rows["omit3_bias_fixed_errors_on_3"] = (omit["fixed"]["per_class_errors"][3], secs)
 
     t0 = time.perf_counter()
-    only = _bias_experiment("only78", data, teacher, student_cfg, keep_classes(x_rest, y_rest, [7, 8]),
+    only = _bias_experiment("only78", data, teacher, distilled_cfg, keep_classes(x_rest, y_rest, [7, 8]),
                             (x_val, y_val), (7, 8), progress)
     secs = time.perf_counter() - t0
     rows["only78"] = (100 * only["result"].test["errors"] / n, secs)
@@ -161,14 +170,14 @@ def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool
     if with_sweep:
         sweep = []
         for width in scale.sweep_widths:
-            cfg = replace(student_cfg, arch=SWEEP_WIDTHS_ARCH[width], epochs=scale.sweep_epochs)
+            cfg = replace(distilled_cfg, arch=SWEEP_WIDTHS_ARCH[width], epochs=scale.sweep_epochs)
             for t in scale.sweep_temperatures:
                 r = distill(f"w{width}-T{t}", data, teacher, cfg, replace(DISTILL, temperature=float(t)), progress=progress)
                 sweep.append({"width": width, "temperature": float(t), "test_errors": r.test["errors"],
                               "seconds": round(r.seconds, 2)})
         out["sweep"] = sweep
         matching = []
-        cfg = replace(student_cfg, epochs=scale.sweep_epochs)
+        cfg = replace(distilled_cfg, epochs=scale.sweep_epochs)
         r = match_logits("logit-matching", data, teacher, cfg, data.x_train, progress=progress)
         matching.append({"method": "logit matching (MSE)", "temperature": None, "test_errors": r.test["errors"],
                          "seconds": round(r.seconds, 2)})
@@ -206,7 +215,7 @@ def summarise(per_seed: list[dict[str, Any]], device: torch.device, scale_name: 
             "bias_offsets": offsets, "sweep": first.get("sweep", []), "logit_matching": first.get("logit_matching", []),
             "per_class_errors": [s["per_class_errors"] for s in per_seed],
             "configs": {"teacher": dataclasses.asdict(TEACHER), "student": dataclasses.asdict(STUDENT),
-                        "distill": dataclasses.asdict(DISTILL)}}
+                        "distilled": dataclasses.asdict(DISTILLED), "distill": dataclasses.asdict(DISTILL)}}
 
 
 def markdown(results: dict[str, Any]) -> str:
