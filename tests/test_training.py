@@ -96,3 +96,9 @@ def test_resume_rejects_a_changed_objective(digits, tmp_path):
     with pytest.raises(DKError, match="different settings \\(distill_config\\)"):
         fit(new_model(FAST, 64, 10), digits.x_train, obj, FAST, checkpoint=tmp_path, resume=True, progress=False,
             meta={"distill_config": {"temperature": 8.0}})
+
+
+def test_divergence_is_one_clear_error(digits):
+    cfg = replace(FAST, lr=1e6, epochs=2)
+    with pytest.raises(DKError, match="diverged.*lower the learning rate"):
+        fit(new_model(cfg, 64, 10), digits.x_train, HardLabels(digits.y_train), cfg, progress=False)

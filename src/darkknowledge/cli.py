@@ -248,10 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", choices=["mnist"], help="which experiment family (paper section 3: mnist)")
     p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files")
     p.add_argument("--out", help="output directory (default: runs/mnist-SCALE)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per experiment (default: 3)")
+    p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3 at full scale, 1 quick or smoke)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--scale", choices=["full", "quick", "smoke"], default="full",
-                   help="full: paper scale (GPU); quick: ~12 min on 2 CPU cores; smoke: seconds, for tests")
+                   help="full: paper scale (GPU); quick: ~10 min on 2 CPU cores; smoke: seconds, for tests")
     p.add_argument("--quick", action="store_true", help="same as --scale quick")
     p.add_argument("--cache-dir", default="", help="directory for cached teacher logits (default: memory only)")
     p.set_defaults(func=cmd_reproduce)

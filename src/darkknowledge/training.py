@@ -72,7 +72,11 @@ class SoftTargets:
 
 @dataclass(frozen=True)
 class MatchLogits:
-    """Caruana/Ba logit matching: squared error to the teacher's logits (paper section 2.1)."""
+    """Caruana/Ba logit matching: squared error to the teacher's logits (paper section 2.1).
+
+    Divided by the class count N: in the high-temperature limit the T^2-scaled soft-target gradient
+    is (z - v) / N, so with this scale logit matching and distillation share a learning rate.
+    """
 
     teacher_logits: torch.Tensor  # [N, C]
 
@@ -80,7 +84,7 @@ class MatchLogits:
         return MatchLogits(self.teacher_logits.to(device))
 
     def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return logit_matching_loss(logits, self.teacher_logits[idx])
+        return logit_matching_loss(logits, self.teacher_logits[idx]) / logits.shape[-1]
 
 
 Objective = HardLabels | SoftTargets | MatchLogits
@@ -195,6 +199,9 @@ def fit(
             apply_constraints(model)
             loss_sum += loss.detach() * len(idx)  # stays on device: no sync per step
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / n}
+        if not math.isfinite(record["loss"]):
+            raise DKError(f"{desc}: training diverged (loss {record['loss']}) in epoch {epoch + 1}; "
+                          f"lower the learning rate (lr {cfg.lr})")
         if x_test is not None:
             record["test_errors"] = errors_from_logits(predict_logits(model, x_test), y_test, num_classes)["errors"]
         record["seconds"] = round(time.perf_counter() - t0, 4)
