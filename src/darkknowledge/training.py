@@ -206,7 +206,7 @@ def fit(
             record["test_errors"] = errors_from_logits(predict_logits(model, x_test), y_test, num_classes)["errors"]
         record["seconds"] = round(time.perf_counter() - t0, 4)
         history.append(record)
-        bar.set_postfix({k: v for k, v in record.items() if k in ("loss", "test_errors")})
+        bar.set_postfix({k: v for k, v in record.items() if k in ("loss", "test_errors")}, refresh=False)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, {
                 **(meta or {}), "arch": cfg.arch, "in_features": int(x[0].numel()), "num_classes": num_classes,
