@@ -9,7 +9,7 @@ REQUIRED = {"teacher", "student", "distilled", "omit3", "omit3_bias_fixed", "onl
 
 def test_reproduce_mnist_smoke(mnist_dir, tmp_path):
     out = tmp_path / "repro"
-    r = run_dk("reproduce", "mnist", "--scale", "smoke", "--seeds", "2", "--device", "cpu", "--data-dir", mnist_dir,
+    r = run_dk("reproduce", "mnist", "--scale", "smoke", "--seeds", "2", "--workers", "2", "--device", "cpu", "--data-dir", mnist_dir,
                "--out", out, "--no-progress", timeout=600)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
@@ -30,6 +30,18 @@ def test_reproduce_mnist_smoke(mnist_dir, tmp_path):
     for png in ("sweep.png", "bias_fix.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "only78_bias_fixed" in r.stdout
+    assert res["workers"] == 2 and (out / "teachers" / "seed0" / "model.safetensors").is_file()
+
+
+def test_reproduce_sequential_equals_parallel_bookkeeping(mnist_dir, tmp_path):
+    """One seed in this process: the same task list, so the same keys as the parallel run."""
+    out = tmp_path / "seq"
+    r = run_dk("reproduce", "mnist", "--scale", "smoke", "--device", "cpu", "--data-dir", mnist_dir, "--out", out,
+               "--no-progress", timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["workers"] == 1 and res["seeds"] == [0] and len(res["sweep"]) == 2
+    assert "task 2/2: sweep" in r.stderr
 
 
 def test_reproduce_needs_data_dir(tmp_path):

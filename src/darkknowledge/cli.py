@@ -191,7 +191,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                       "(e.g. from `python ../shared/tools/datasets.py install DIR --only mnist`)")
     out = Path(args.out or f"runs/mnist-{scale}")
     results = reproduce(args.data_dir, out, scale=scale, seeds=args.seeds, device=args.device,
-                        progress=not args.no_progress, cache_dir=args.cache_dir or None,
+                        progress=not args.no_progress, cache_dir=args.cache_dir or None, workers=args.workers,
                         log=lambda m: print(m, file=sys.stderr))
     print_table([{**r, "measured": f"{r['mean']:.4g} ± {r['std']:.2g}"} for r in results["rows"]],
                 ("experiment", "metric", "paper", "measured", "seeds", "seconds"))
@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["full", "quick", "smoke"], default="full",
                    help="full: paper scale (GPU); quick: ~10 min on 2 CPU cores; smoke: seconds, for tests")
     p.add_argument("--quick", action="store_true", help="same as --scale quick")
+    p.add_argument("--workers", type=int, default=1,
+                   help="tasks (one per seed, plus the sweep) run in this many processes at once (default: 1)")
     p.add_argument("--cache-dir", default="", help="directory for cached teacher logits (default: memory only)")
     p.set_defaults(func=cmd_reproduce)
 

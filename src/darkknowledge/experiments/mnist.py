@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -24,6 +25,7 @@ import torch
 
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
 from darkknowledge.config import DistillConfig, TrainConfig, build_configs, load_yaml
+from darkknowledge.errors import DKError
 from darkknowledge.data import Dataset, drop_classes, keep_classes, load_mnist, split_validation
 from darkknowledge.evaluation import bias_vector, errors_from_logits, fit_bias_offset
 from darkknowledge.teachers import Teacher, predict_logits
@@ -121,17 +123,20 @@ def _bias_experiment(name: str, data: Dataset, teacher: Teacher, student_cfg: Tr
             "test_logits": test_logits}
 
 
-def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool,
-             with_sweep: bool, cache_dir: str | None) -> dict[str, Any]:
-    """Every experiment of one seed; returns metrics and seconds per row."""
-    n, c = len(data.y_test), data.num_classes
+def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool, cache_dir: str | None,
+             teacher_dir: Path) -> dict[str, Any]:
+    """Every experiment of one seed; returns metrics and seconds per row.
+
+    The teacher is checkpointed to ``teacher_dir/seed{seed}`` (the sweep task reads seed 0's).
+    """
+    n = len(data.y_test)
     teacher_cfg = replace(TEACHER, epochs=scale.teacher_epochs, batch_size=scale.batch_size, seed=seed, device=device)
     student_cfg = replace(STUDENT, epochs=scale.student_epochs, batch_size=scale.batch_size, seed=seed, device=device)
     distilled_cfg = replace(DISTILLED, epochs=scale.student_epochs, batch_size=scale.batch_size, seed=seed, device=device)
     rows: dict[str, tuple[float, float]] = {}  # name -> (value, seconds)
     out: dict[str, Any] = {"seed": seed}
 
-    teacher_run = train("teacher", data, teacher_cfg, progress=progress)
+    teacher_run = train("teacher", data, teacher_cfg, out=teacher_dir / f"seed{seed}", progress=progress)
     rows["teacher"] = (teacher_run.test["errors"], teacher_run.seconds)
     teacher = Teacher([teacher_run.model], archs=[teacher_cfg.arch], cache_dir=cache_dir)
 
@@ -168,33 +173,48 @@ def run_seed(data: Dataset, scale: Scale, seed: int, device: str, progress: bool
                                     "only78_bias_fixed": only["fixed"]["per_class_errors"]})
     out["rows"] = rows
 
-    if with_sweep:
-        sweep = []
-        for width in scale.sweep_widths:
-            cfg = replace(distilled_cfg, arch=SWEEP_WIDTHS_ARCH[width], epochs=scale.sweep_epochs)
-            for t in scale.sweep_temperatures:
-                r = distill(f"w{width}-T{t}", data, teacher, cfg, replace(DISTILL, temperature=float(t)), progress=progress)
-                sweep.append({"width": width, "temperature": float(t), "test_errors": r.test["errors"],
-                              "seconds": round(r.seconds, 2)})
-        out["sweep"] = sweep
-        matching = []
-        cfg = replace(distilled_cfg, epochs=scale.sweep_epochs)
-        r = match_logits("logit-matching", data, teacher, cfg, data.x_train, progress=progress)
-        matching.append({"method": "logit matching (MSE)", "temperature": None, "test_errors": r.test["errors"],
-                         "seconds": round(r.seconds, 2)})
-        for t in scale.matching_temperatures:
-            r = distill(f"soft-T{t}", data, teacher, cfg, replace(DISTILL, temperature=float(t)), progress=progress)
-            matching.append({"method": "soft targets", "temperature": float(t), "test_errors": r.test["errors"],
-                             "seconds": round(r.seconds, 2)})
-        out["logit_matching"] = matching
     return out
+
+
+def wait_for_teacher(path: Path, epochs: int, timeout: float = 6 * 3600) -> None:
+    """Block until the checkpoint at ``path`` holds a finished run (written by another task)."""
+    from darkknowledge.checkpoint import read_meta
+
+    deadline = time.monotonic() + timeout
+    while not ((path / "model.json").is_file() and read_meta(path).get("epoch") == epochs):
+        if time.monotonic() > deadline:
+            raise DKError(f"gave up waiting for the teacher checkpoint {path}")
+        time.sleep(2)
+
+
+def run_sweep(data: Dataset, scale: Scale, device: str, progress: bool, cache_dir: str | None,
+              teacher_dir: Path) -> dict[str, Any]:
+    """T x width sweep and logit matching, distilled from seed 0's teacher (paper section 3)."""
+    wait_for_teacher(teacher_dir / "seed0", scale.teacher_epochs)
+    teacher = Teacher.from_checkpoints([teacher_dir / "seed0"], device=resolve_device(device), cache_dir=cache_dir)
+    distilled_cfg = replace(DISTILLED, epochs=scale.sweep_epochs, batch_size=scale.batch_size, seed=0, device=device)
+    sweep = []
+    for width in scale.sweep_widths:
+        cfg = replace(distilled_cfg, arch=SWEEP_WIDTHS_ARCH[width])
+        for t in scale.sweep_temperatures:
+            r = distill(f"w{width}-T{t}", data, teacher, cfg, replace(DISTILL, temperature=float(t)), progress=progress)
+            sweep.append({"width": width, "temperature": float(t), "test_errors": r.test["errors"],
+                          "seconds": round(r.seconds, 2)})
+    r = match_logits("logit-matching", data, teacher, distilled_cfg, data.x_train, progress=progress)
+    matching = [{"method": "logit matching (MSE)", "temperature": None, "test_errors": r.test["errors"],
+                 "seconds": round(r.seconds, 2)}]
+    for t in scale.matching_temperatures:
+        r = distill(f"soft-T{t}", data, teacher, distilled_cfg, replace(DISTILL, temperature=float(t)), progress=progress)
+        matching.append({"method": "soft targets", "temperature": float(t), "test_errors": r.test["errors"],
+                         "seconds": round(r.seconds, 2)})
+    return {"sweep": sweep, "logit_matching": matching}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(per_seed: list[dict[str, Any]], device: torch.device, scale_name: str,
+def summarise(per_seed: list[dict[str, Any]], sweep: dict[str, Any], device: torch.device, scale_name: str,
               total_seconds: float) -> dict[str, Any]:
     """The ``results.json`` contract: hardware, commit, rows (paper vs mean +- std over seeds)."""
     rows = []
@@ -209,11 +229,10 @@ def summarise(per_seed: list[dict[str, Any]], device: torch.device, scale_name: 
         fitted = [s["bias_offsets"][k]["validation_fitted"] for s in per_seed]
         optimal = [s["bias_offsets"][k]["test_optimal"] for s in per_seed]
         offsets[k] = {"paper": paper, "validation_fitted": fitted, "test_optimal": optimal}
-    first = per_seed[0]
     return {"hardware": hardware(device), "commit": git_commit(), "scale": scale_name,
             "scale_config": dataclasses.asdict(SCALES[scale_name]), "device": str(device), "torch": torch.__version__,
             "seeds": [s["seed"] for s in per_seed], "total_seconds": round(total_seconds, 1), "rows": rows,
-            "bias_offsets": offsets, "sweep": first.get("sweep", []), "logit_matching": first.get("logit_matching", []),
+            "bias_offsets": offsets, "sweep": sweep["sweep"], "logit_matching": sweep["logit_matching"],
             "per_class_errors": [s["per_class_errors"] for s in per_seed],
             "configs": {"teacher": dataclasses.asdict(TEACHER), "student": dataclasses.asdict(STUDENT),
                         "distilled": dataclasses.asdict(DISTILLED), "distill": dataclasses.asdict(DISTILL)}}
@@ -287,32 +306,71 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
-def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds: int | None = None, device: str = "cpu",
-              progress: bool = True, cache_dir: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every MNIST experiment for ``seeds`` seeds and write results.json, results.md and plots."""
-    from darkknowledge.errors import DKError
+def load_data_for(data_dir: str | Path, scale: Scale, device: torch.device) -> Dataset:
+    """Real MNIST (trimmed for the smoke scale), resident on ``device`` for every stage."""
+    data = load_mnist(data_dir)
+    if scale.train_limit:
+        data = dataclasses.replace(data, x_train=data.x_train[:scale.train_limit],
+                                   y_train=data.y_train[:scale.train_limit])
+    return dataclasses.replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device),
+                               x_test=data.x_test.to(device), y_test=data.y_test.to(device))
 
+
+def _run_task(kind: str, seed: int, data_dir: str, scale: str, device: str, progress: bool, cache_dir: str | None,
+              teacher_dir: str, threads: int = 0) -> dict[str, Any]:
+    """One unit of work (a seed's experiments, or the sweep); runs in this process or a worker."""
+    if threads:
+        torch.set_num_threads(threads)
+    sc = SCALES[scale]
+    data = load_data_for(data_dir, sc, resolve_device(device))
+    if kind == "seed":
+        return {"task": f"seed {seed}", **run_seed(data, sc, seed, device, progress, cache_dir, Path(teacher_dir))}
+    return {"task": "sweep", **run_sweep(data, sc, device, progress, cache_dir, Path(teacher_dir))}
+
+
+def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds: int | None = None, device: str = "cpu",
+              progress: bool = True, cache_dir: str | None = None, workers: int = 1,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every MNIST experiment for ``seeds`` seeds and write results.json, results.md and plots.
+
+    Tasks: one per seed, plus the sweep (which distils from seed 0's teacher checkpoint, written to
+    ``out/teachers/seed0``). With ``workers > 1`` they run in that many processes at once.
+    """
     if scale not in SCALES:
         raise DKError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
     sc = SCALES[scale]
     seeds = sc.default_seeds if seeds is None else seeds
     if seeds < 1:
         raise DKError(f"seeds must be >= 1, got {seeds}")
+    if workers < 1:
+        raise DKError(f"workers must be >= 1, got {workers}")
     dev = resolve_device(device)
-    data = load_mnist(data_dir)
-    if sc.train_limit:
-        data = dataclasses.replace(data, x_train=data.x_train[:sc.train_limit], y_train=data.y_train[:sc.train_limit])
-    # Keep the data on the training device once, for every stage (the fast path's first step).
-    data = dataclasses.replace(data, x_train=data.x_train.to(dev), y_train=data.y_train.to(dev),
-                               x_test=data.x_test.to(dev), y_test=data.y_test.to(dev))
+    load_data_for(data_dir, sc, dev)  # fail fast on bad data, before any task starts
     out = Path(out)
+    teacher_dir = out / "teachers"
+    shutil.rmtree(teacher_dir, ignore_errors=True)  # the sweep must never wait on a previous run's teacher
+    tasks = [("seed", 0), ("sweep", 0)] + [("seed", s) for s in range(1, seeds)]
     t0 = time.perf_counter()
-    per_seed = []
-    for seed in range(seeds):
-        log(f"seed {seed + 1}/{seeds}")
-        per_seed.append(run_seed(data, sc, seed, device, progress, with_sweep=seed == 0, cache_dir=cache_dir))
-    results = summarise(per_seed, dev, scale, time.perf_counter() - t0)
+    if workers == 1:
+        done = []
+        for i, (kind, s) in enumerate(tasks):
+            log(f"task {i + 1}/{len(tasks)}: {kind}{f' {s}' if kind == 'seed' else ''}")
+            done.append(_run_task(kind, s, str(data_dir), scale, device, progress, cache_dir, str(teacher_dir)))
+    else:
+        # One process per task: the MLPs are far too small to fill a GPU, so seeds and the sweep share it.
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_task, kind, s, str(data_dir), scale, device, False, cache_dir,
+                                   str(teacher_dir), max(1, torch.get_num_threads() // workers)) for kind, s in tasks]
+            for f in cf.as_completed(futures):
+                log(f"task done: {f.result()['task']}")
+            done = [f.result() for f in futures]
+    per_seed = sorted((d for d in done if d["task"].startswith("seed")), key=lambda d: d["seed"])
+    sweep = next(d for d in done if d["task"] == "sweep")
+    results = summarise(per_seed, sweep, dev, scale, time.perf_counter() - t0)
+    results["workers"] = workers
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
     atomic_write_bytes(out / "results.md", markdown(results).encode())
