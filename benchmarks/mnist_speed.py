@@ -9,7 +9,8 @@ epochs from the same data:
   naive  a DataLoader over CPU tensors (batch 128, shuffled), each batch copied to the device,
          jitter on the batch, fp32, and for distillation the teacher re-run on every batch;
   fast   darkknowledge's fit: data resident on the device, jitter on the device, teacher soft
-         targets computed once (cached), no per-step host sync; at batch 128 and at a tuned batch.
+         targets computed once (cached), no per-step host sync; at batch 128 and at a tuned batch,
+         the latter also with bf16 autocast (fast-bf16).
 
 Also reported: distillation overhead (distilled epoch time / hard-label epoch time, fast path) and
 test errors, so a speed-up never hides an accuracy loss. Writes benchmarks/results/mnist-speed-<device>.json.
@@ -110,11 +111,14 @@ def main() -> None:
     # Teacher (both implementations), then students from the fast teacher so both distil the same one.
     m, s = timed(lambda: naive_fit(new_model(teacher_cfg, 784, 10), data.x_train, data.y_train, teacher_cfg, device), device)
     record("teacher", "naive", 128, s, m)
-    for bs in (128, args.tuned_batch):
-        cfg = dataclasses.replace(teacher_cfg, batch_size=bs)
+    variants = [("fast", 128, "fp32"), ("fast", args.tuned_batch, "fp32"), ("fast-bf16", args.tuned_batch, "bf16")]
+    for impl, bs, prec in variants:
+        cfg = dataclasses.replace(teacher_cfg, batch_size=bs, precision=prec)
         model = new_model(cfg, 784, 10)
         _, s = timed(lambda: fit(model, x_dev, HardLabels(y_dev), cfg, progress=False), device)
-        teacher_model = record("teacher", "fast", bs, s, model)
+        record("teacher", impl, bs, s, model)
+        if (impl, bs) == ("fast", args.tuned_batch):
+            teacher_model = model
     teacher_model.eval()
 
     m, s = timed(lambda: naive_fit(new_model(student_cfg, 784, 10), data.x_train, data.y_train, student_cfg, device), device)
@@ -123,31 +127,29 @@ def main() -> None:
                                    teacher=teacher_model), device)
     record("distilled", "naive", 128, s, m)
     fast_epoch = {}  # median per-epoch training seconds (fit's own history), for the overhead ratio
-    for bs in (128, args.tuned_batch):
-        cfg = dataclasses.replace(student_cfg, batch_size=bs)
+    for impl, bs, prec in variants:
+        cfg = dataclasses.replace(student_cfg, batch_size=bs, precision=prec)
         model = new_model(cfg, 784, 10)
         hist, s = timed(lambda: fit(model, x_dev, HardLabels(y_dev), cfg, progress=False), device)
-        record("student", "fast", bs, s, model)
-        fast_epoch[("student", bs)] = statistics.median(h["seconds"] for h in hist)
+        record("student", impl, bs, s, model)
+        fast_epoch[("student", impl, bs)] = statistics.median(h["seconds"] for h in hist)
         model = new_model(cfg, 784, 10)
         teacher = Teacher([teacher_model], archs=["mlp-1200x2"])  # fresh cache: soft-target time is included
         targets, t_targets = timed(lambda: teacher.soft_targets(x_dev, 20.0), device)
         hist, s = timed(lambda: fit(model, x_dev, SoftTargets(targets, y_dev, dcfg), cfg, progress=False), device)
-        record("distilled", "fast", bs, s + t_targets, model)
+        record("distilled", impl, bs, s + t_targets, model)
         rows[-1]["soft_target_seconds"] = round(t_targets, 3)
-        fast_epoch[("distilled", bs)] = statistics.median(h["seconds"] for h in hist)
+        fast_epoch[("distilled", impl, bs)] = statistics.median(h["seconds"] for h in hist)
 
     def total(impl, bs):
-        return sum(r["seconds"] for r in rows if r["impl"] == impl and (impl == "naive" or r["batch_size"] == bs))
+        return sum(r["seconds"] for r in rows if r["impl"] == impl and r["batch_size"] == bs)
 
-    summary = {
-        "speedup_whole_table_batch128": round(total("naive", 128) / total("fast", 128), 2),
-        f"speedup_whole_table_batch{args.tuned_batch}": round(total("naive", 128) / total("fast", args.tuned_batch), 2),
-        "distillation_overhead_batch128": round(fast_epoch[("distilled", 128)] / fast_epoch[("student", 128)], 3),
-        f"distillation_overhead_batch{args.tuned_batch}":
-            round(fast_epoch[("distilled", args.tuned_batch)] / fast_epoch[("student", args.tuned_batch)], 3),
-    }
-    summary["median_epoch_seconds_fast"] = {f"{k[0]}@{k[1]}": round(v, 3) for k, v in fast_epoch.items()}
+    naive = total("naive", 128)
+    summary = {f"speedup_whole_table_{impl}_batch{bs}": round(naive / total(impl, bs), 2) for impl, bs, _ in variants}
+    summary.update({f"distillation_overhead_{impl}_batch{bs}":
+                    round(fast_epoch[("distilled", impl, bs)] / fast_epoch[("student", impl, bs)], 3)
+                    for impl, bs, _ in variants})
+    summary["median_epoch_seconds_fast"] = {"@".join(map(str, k)): round(v, 3) for k, v in fast_epoch.items()}
     payload = {"benchmark": "mnist_speed", **environment(device), "epochs": args.epochs, "seed": args.seed,
                "train_images": len(data.y_train), "rows": rows, "summary": summary}
     path = save(f"mnist-speed-{dev}.json", payload)

@@ -102,3 +102,13 @@ def test_divergence_is_one_clear_error(digits):
     cfg = replace(FAST, lr=1e6, epochs=2)
     with pytest.raises(DKError, match="diverged.*lower the learning rate"):
         fit(new_model(cfg, 64, 10), digits.x_train, HardLabels(digits.y_train), cfg, progress=False)
+
+
+def test_bf16_autocast_trains_and_keeps_fp32_weights(digits):
+    cfg = replace(FAST, epochs=10, precision="bf16")
+    model = new_model(cfg, 64, 10)
+    hist = fit(model, digits.x_train, HardLabels(digits.y_train), cfg, x_test=digits.x_test, y_test=digits.y_test,
+               progress=False)
+    assert hist[-1]["test_errors"] < 200 and all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(DKError, match="unknown precision 'fp8'"):
+        replace(FAST, precision="fp8")

@@ -20,6 +20,7 @@ from darkknowledge.losses import COMBINE_METHODS
 from darkknowledge.models import ARCHITECTURES
 
 LR_SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _help(text: str, default: Any) -> Any:
@@ -40,6 +41,7 @@ class TrainConfig:
     jitter: int = _help("random translation of training inputs by up to this many pixels (paper: 2 for the teacher)", 0)
     seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
     device: str = _help("cpu, cuda, cuda:N, or auto (cuda when available)", "cpu")
+    precision: str = _help(f"{' or '.join(PRECISIONS)}: bf16 autocasts forward and loss; weights and SGD stay fp32", "fp32")
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -48,6 +50,8 @@ class TrainConfig:
         _non_negative(self, "momentum", "weight_decay", "jitter")
         if self.lr_schedule not in LR_SCHEDULES:
             raise DKError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise DKError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", self.device):
             raise DKError(f"unknown device {self.device!r}; allowed: cpu, cuda, cuda:N, mps, auto")
 

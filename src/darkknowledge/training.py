@@ -190,7 +190,8 @@ def fit(
         for i, step in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
             idx = perm[i * bs:(i + 1) * bs]
             xb = jitter(x[idx], cfg.jitter, gen) if cfg.jitter else x[idx]
-            loss = objective(model(xb), idx)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss = objective(model(xb), idx)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, total)
             opt.zero_grad(set_to_none=True)
