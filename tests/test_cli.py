@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from safetensors.torch import load_file, save_file
-
 from conftest import run_dk
+from safetensors.torch import load_file, save_file
 from test_data import fake_mnist
 
 QUICK = ["--epochs", "2", "--no-progress"]

@@ -1,8 +1,15 @@
 import pytest
 
 from darkknowledge import DKError
-from darkknowledge.config import (DistillConfig, RunConfig, TeacherConfig, TrainConfig, TransferConfig, build_configs,
-                                  load_yaml)
+from darkknowledge.config import (
+    DistillConfig,
+    RunConfig,
+    TeacherConfig,
+    TrainConfig,
+    TransferConfig,
+    build_configs,
+    load_yaml,
+)
 
 ALL = (TrainConfig, DistillConfig, TeacherConfig, TransferConfig, RunConfig)
 

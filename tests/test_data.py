@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from darkknowledge import DKError
-from darkknowledge.data import (drop_classes, drop_labels, jitter, keep_classes, keep_fraction, load_data,
-                                load_digits, load_mnist, split_validation)
+from darkknowledge.data import (
+    drop_classes,
+    drop_labels,
+    jitter,
+    keep_classes,
+    keep_fraction,
+    load_data,
+    load_digits,
+    load_mnist,
+    split_validation,
+)
 
 
 def write_idx(path, arr, magic, gz):

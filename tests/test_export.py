@@ -3,8 +3,8 @@
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from conftest import run_dk
+
 from darkknowledge.checkpoint import load_checkpoint
 
 

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from darkknowledge import DKError, distillation_loss, ensemble_probs, logit_matching_loss, soften
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def float64():
     """Tight tolerances for the maths tests; restored so other modules keep float32."""

@@ -3,8 +3,8 @@
 import hashlib
 
 import torch
-
 from conftest import run_dk
+
 from darkknowledge.data import load_mnist
 
 # Published class counts of the 60,000 training and 10,000 test labels.

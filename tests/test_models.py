@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from darkknowledge import ARCHITECTURES, DKError, MLP, build_model
+from darkknowledge import ARCHITECTURES, MLP, DKError, build_model
 from darkknowledge.models import apply_constraints
 
 

@@ -8,15 +8,22 @@ stderr and exit status 2; an interrupted training run keeps its last completed e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from darkknowledge.config import (DistillConfig, RunConfig, TeacherConfig, TrainConfig, TransferConfig,
-                                  build_configs, config_fields, load_yaml)
+from darkknowledge.config import (
+    DistillConfig,
+    RunConfig,
+    TeacherConfig,
+    TrainConfig,
+    TransferConfig,
+    build_configs,
+    config_fields,
+    load_yaml,
+)
 from darkknowledge.errors import DKError
 
 COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {

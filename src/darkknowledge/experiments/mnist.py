@@ -25,12 +25,12 @@ import torch
 
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
 from darkknowledge.config import DistillConfig, TrainConfig, build_configs, load_yaml
-from darkknowledge.errors import DKError
 from darkknowledge.data import Dataset, drop_classes, keep_classes, load_mnist, split_validation
+from darkknowledge.errors import DKError
 from darkknowledge.evaluation import bias_vector, errors_from_logits, fit_bias_offset
 from darkknowledge.teachers import Teacher, predict_logits
 from darkknowledge.training import resolve_device
-from darkknowledge.workflows import Result, distill, match_logits, train
+from darkknowledge.workflows import distill, match_logits, train
 
 # The paper's numbers (section 3). Errors are out of the 10,000 test images; the 7s-and-8s rows in percent.
 PAPER: dict[str, tuple[str, float]] = {
