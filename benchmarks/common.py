@@ -36,8 +36,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def save(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def save(name: str, payload: dict[str, Any], out_dir: str | Path | None = None) -> Path:
+    """Write ``payload`` as JSON to ``out_dir/name`` (default: benchmarks/results/)."""
+    out = Path(out_dir) if out_dir else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -42,6 +42,7 @@ def time_it(model, x, repeats, device) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out-dir", help="where the JSON goes (default: benchmarks/results/)")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--throughput-batch", type=int, default=10_000)
     args = ap.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
     print(summary)
     path = save(f"deployment-{'cuda' if device.type == 'cuda' else 'cpu'}.json",
                 {"benchmark": "deployment", **environment(device), "repeats": args.repeats, "seed": 0,
-                 "rows": rows, "summary": summary})
+                 "rows": rows, "summary": summary}, out_dir=args.out_dir)
     print(f"wrote {path}")
 
 

@@ -84,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out-dir", help="where the JSON goes (default: benchmarks/results/)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--tuned-batch", type=int, default=512)
     ap.add_argument("--train-limit", type=int, default=0, help="use the first N training images (0: all 60,000)")
@@ -152,7 +153,7 @@ def main() -> None:
     summary["median_epoch_seconds_fast"] = {"@".join(map(str, k)): round(v, 3) for k, v in fast_epoch.items()}
     payload = {"benchmark": "mnist_speed", **environment(device), "epochs": args.epochs, "seed": args.seed,
                "train_images": len(data.y_train), "rows": rows, "summary": summary}
-    path = save(f"mnist-speed-{dev}.json", payload)
+    path = save(f"mnist-speed-{dev}.json", payload, out_dir=args.out_dir)
     print("\n".join(f"{k}: {v}" for k, v in summary.items()))
     print(f"wrote {path}")
 

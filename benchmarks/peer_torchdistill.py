@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--teacher", required=True, help="darkknowledge checkpoint of the 2x1200 teacher")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out-dir", help="where the JSON goes (default: benchmarks/results/)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -123,7 +124,7 @@ def main() -> None:
         "teacher": str(args.teacher), "teacher_test_errors": evaluate(teacher, xt, yt, 10)["errors"],
         "config": {"temperature": T, "hard_weight": HARD, "soft_weight": 1.0, "lr": LR, "batch_size": BATCH,
                    "student": dataclasses.asdict(cfg)},
-        "rows": rows, "summary": summary})
+        "rows": rows, "summary": summary}, out_dir=args.out_dir)
     print(f"wrote {path}")
 
 
