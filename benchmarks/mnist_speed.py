@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, save, sync  # noqa: E402
+from common import environment, save, timed  # noqa: E402
 
 from darkknowledge.config import DistillConfig, TrainConfig  # noqa: E402
 from darkknowledge.data import jitter, load_mnist  # noqa: E402
@@ -70,14 +69,6 @@ def naive_fit(model, x_cpu, y_cpu, cfg: TrainConfig, device, teacher=None, tempe
             step += 1
             loss.item()  # the usual per-step logging sync
     return model
-
-
-def timed(fn, device):
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - t0
 
 
 def main() -> None:

@@ -22,14 +22,13 @@ import argparse
 import dataclasses
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import RandomSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, save, sync  # noqa: E402
+from common import environment, save, timed  # noqa: E402
 
 from darkknowledge.checkpoint import load_checkpoint  # noqa: E402
 from darkknowledge.config import DistillConfig, TrainConfig  # noqa: E402
@@ -72,14 +71,6 @@ def torchdistill_distill(teacher, student, x, y, epochs, device):
             box.post_forward_process(loss)
         box.post_epoch_process()
     return student, torchdistill.__version__
-
-
-def timed(fn, device):
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - t0
 
 
 def main() -> None:
