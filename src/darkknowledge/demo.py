@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,6 @@ STUDENT = TrainConfig(arch="mlp-800x2", epochs=100, batch_size=32, lr=0.05)
 TRANSFER = TransferConfig(fraction=0.1)
 # Soft targets at T = 20 as in the paper's MNIST run, soft term only.
 DISTILL = DistillConfig(temperature=20.0, soft_weight=1.0, hard_weight=0.0)
-
-
-def _seeded(cfg: TrainConfig, seed: int, device: str) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(cfg, seed=seed, device=device)
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -71,7 +66,8 @@ def run_demo(out: Path, seed: int = 0, device: str = "cpu", progress: bool = Tru
     """Train the three models, write checkpoints, ``summary.json`` and ``demo.png`` into ``out``."""
     t0 = time.perf_counter()
     data = load_digits()
-    teacher_cfg, student_cfg = _seeded(TEACHER, seed, device), _seeded(STUDENT, seed, device)
+    teacher_cfg = replace(TEACHER, seed=seed, device=device)
+    student_cfg = replace(STUDENT, seed=seed, device=device)
     teacher = train("teacher", data, teacher_cfg, out=out / "teacher", progress=progress)
     student = train("student", data, student_cfg, out=out / "student", progress=progress,
                     transfer=transfer_set(data, TRANSFER, seed), meta={"transfer_config": TRANSFER.__dict__})

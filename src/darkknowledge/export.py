@@ -20,6 +20,12 @@ def export_onnx(checkpoint: str | Path, out: Path, check: bool = True, side: int
     The student is exported at T = 1, as deployed (paper section 2). With ``check``, onnxruntime runs
     the graph on random inputs and the largest absolute difference from PyTorch is reported.
     """
+    if check:  # before anything is written: a failed check must not leave an unchecked file behind
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DKError("checking the export needs onnxruntime (pip install 'darkknowledge[export]'), "
+                          "or pass --no-check") from None
     model, meta, _ = load_checkpoint(checkpoint)
     model.eval()
     n = int(meta["in_features"])
@@ -35,11 +41,6 @@ def export_onnx(checkpoint: str | Path, out: Path, check: bool = True, side: int
     report: dict[str, Any] = {"onnx": str(out), "arch": meta["arch"], "input_shape": list(shape),
                               "bytes": out.stat().st_size}
     if check:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise DKError("checking the export needs onnxruntime (pip install 'darkknowledge[export]'), "
-                          "or pass --no-check") from None
         x = torch.rand(64, *shape)
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {"x": x.numpy()})[0]

@@ -103,10 +103,6 @@ def hardware(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def _errors_on(logits: torch.Tensor, y: torch.Tensor, cls: int, num_classes: int) -> int:
-    return errors_from_logits(logits, y, num_classes)["per_class_errors"][cls]
-
-
 def _bias_experiment(name: str, data: Dataset, teacher: Teacher, student_cfg: TrainConfig,
                      transfer: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                      classes: tuple[int, ...], progress: bool) -> dict[str, Any]:
