@@ -37,7 +37,7 @@ def test_wrong_type_is_named(key, value):
     ({"temperature": 0}, "temperature must be > 0"), ({"temperature": -2.0}, "temperature must be > 0"),
     ({"arch": "vgg"}, "unknown architecture"), ({"combine": "median"}, "unknown combine"),
     ({"epochs": 0}, "epochs must be > 0"), ({"fraction": 1.5}, "fraction"), ({"device": "tpu"}, "unknown device"),
-    ({"soft_weight": 0, "hard_weight": 0}, "nothing to learn"),
+    ({"soft_weight": 0, "hard_weight": 0}, "nothing to learn"), ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
 ])
 def test_invalid_values(overrides, match):
     with pytest.raises(DKError, match=match):

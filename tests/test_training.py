@@ -11,7 +11,7 @@ from darkknowledge import DKError
 from darkknowledge.checkpoint import load_checkpoint, read_meta
 from darkknowledge.config import DistillConfig, TrainConfig
 from darkknowledge.data import load_digits
-from darkknowledge.training import HardLabels, SoftTargets, fit, new_model
+from darkknowledge.training import HardLabels, SoftTargets, fit, lr_at, new_model
 
 FAST = TrainConfig(arch="mlp-30x2", epochs=3, batch_size=64, lr=0.05)
 
@@ -39,6 +39,17 @@ def test_distillation_reproduces_a_teacher(digits):
         replace(FAST, epochs=20, seed=1), progress=False)
     agree = (student.eval()(digits.x_test).argmax(-1) == teacher(digits.x_test).argmax(-1)).float().mean()
     assert agree > 0.9  # learnt the teacher's function without a single true label
+
+
+def test_warmup_then_cosine_schedule():
+    cfg = TrainConfig(epochs=4, lr=0.2, warmup_epochs=1)
+    lrs = [lr_at(cfg, step, 10) for step in range(40)]
+    assert lrs[:10] == pytest.approx([0.02 * (i + 1) for i in range(10)])  # linear up to the peak...
+    assert lrs[10] == pytest.approx(0.2) and lrs[25] == pytest.approx(0.1)  # ...then cosine over the rest
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.001
+    assert lr_at(replace(cfg, lr_schedule="constant"), 30, 10) == 0.2
+    assert lr_at(replace(cfg, warmup_epochs=9), 39, 10) == pytest.approx(0.2)  # warm-up capped at the run
+    assert [lr_at(replace(cfg, warmup_epochs=0), s, 10) for s in (0, 20)] == pytest.approx([0.2, 0.1])
 
 
 def test_same_seed_same_weights(digits):

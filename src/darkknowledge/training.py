@@ -100,10 +100,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
 
 
-def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of SGD step ``step``: linear warm-up for ``cfg.warmup_epochs``, then the schedule."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
 def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -177,7 +182,6 @@ def fit(
 
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
-    total = cfg.epochs * steps_per_epoch
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
                unit="epoch", leave=False, mininterval=0.5)
     for epoch in bar:
@@ -193,7 +197,7 @@ def fit(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 loss = objective(model(xb), idx)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step, total)
+                group["lr"] = lr_at(cfg, step, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
