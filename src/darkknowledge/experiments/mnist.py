@@ -69,7 +69,7 @@ SCALES: dict[str, Scale] = {
     "full": Scale(teacher_epochs=200, student_epochs=60, batch_size=128, sweep_widths=(30, 300, 800),
                   sweep_temperatures=(1, 2, 2.5, 3, 4, 5, 8, 10, 20), sweep_epochs=60,
                   matching_temperatures=(2, 5, 20)),
-    # About 11 minutes on 2 CPU cores: a 40-epoch teacher, 10-epoch students, a shorter sweep. Jitter of
+    # 9.5 minutes on 2 CPU cores (one seed and the sweep): a 40-epoch teacher, 10-epoch students, a shorter sweep. Jitter of
     # 1 pixel, not 2: in a 40-epoch budget the teacher underfits with 2 (123 vs 94 test errors, seed 0).
     "quick": Scale(teacher_epochs=40, student_epochs=10, batch_size=128, sweep_widths=(30, 300),
                    sweep_temperatures=(1, 2.5, 4, 20), sweep_epochs=3, matching_temperatures=(20,), default_seeds=1,
