@@ -52,6 +52,18 @@ def test_warmup_then_cosine_schedule():
     assert [lr_at(replace(cfg, warmup_epochs=0), s, 10) for s in (0, 20)] == pytest.approx([0.2, 0.1])
 
 
+def test_compiled_training_matches_eager(digits):
+    cfg = replace(FAST, epochs=2)
+    hists = []
+    for comp in (False, True):
+        model = new_model(cfg, 64, 10)
+        hists.append(fit(model, digits.x_train, HardLabels(digits.y_train), replace(cfg, compile=comp),
+                         x_test=digits.x_test, y_test=digits.y_test, progress=False))
+    eager, compiled = hists
+    assert [h["loss"] for h in compiled] == pytest.approx([h["loss"] for h in eager], rel=1e-3)
+    assert abs(compiled[-1]["test_errors"] - eager[-1]["test_errors"]) <= 3
+
+
 def test_same_seed_same_weights(digits):
     a, b = (new_model(FAST, 64, 10) for _ in range(2))
     for m in (a, b):

@@ -180,6 +180,7 @@ def fit(
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
 
+    forward = torch.compile(model) if cfg.compile else model  # shares the parameters of ``model``
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
@@ -195,7 +196,7 @@ def fit(
             idx = perm[i * bs:(i + 1) * bs]
             xb = jitter(x[idx], cfg.jitter, gen) if cfg.jitter else x[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = objective(model(xb), idx)
+                loss = objective(forward(xb), idx)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
