@@ -38,7 +38,8 @@ class TrainConfig:
     momentum: float = _help("SGD momentum", 0.9)
     weight_decay: float = _help("L2 weight decay (0: none, as for the paper's unregularised students)", 0.0)
     lr_schedule: str = _help(f"learning-rate schedule over all steps: {', '.join(LR_SCHEDULES)}", "cosine")
-    warmup_epochs: float = _help("epochs of linear learning-rate warm-up to lr before the schedule (capped at the run)", 0.0)
+    warmup_epochs: float = _help("epochs of linear learning-rate warm-up to lr before the schedule (capped at the run)",
+                                 0.0)
     jitter: int = _help("random translation of training inputs by up to this many pixels (paper: 2 for the teacher)", 0)
     seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
     device: str = _help("cpu, cuda, cuda:N, or auto (cuda when available)", "cpu")
