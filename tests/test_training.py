@@ -64,6 +64,19 @@ def test_compiled_training_matches_eager(digits):
     assert abs(compiled[-1]["test_errors"] - eager[-1]["test_errors"]) <= 3
 
 
+def test_compile_failure_is_one_clear_error(digits, monkeypatch):
+    def broken(model):
+        def fn(x):
+            raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("no C compiler found\ndetails"), None)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(DKError, match=r"^torch.compile failed on this machine \(RuntimeError: no C compiler found\); "
+                                      r"train without --compile$"):
+        fit(new_model(FAST, 64, 10), digits.x_train, HardLabels(digits.y_train), replace(FAST, compile=True),
+            progress=False)
+
+
 def test_same_seed_same_weights(digits):
     a, b = (new_model(FAST, 64, 10) for _ in range(2))
     for m in (a, b):

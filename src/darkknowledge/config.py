@@ -44,8 +44,8 @@ class TrainConfig:
     seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
     device: str = _help("cpu, cuda, cuda:N, or auto (cuda when available)", "cpu")
     precision: str = _help(f"{' or '.join(PRECISIONS)}: bf16 autocasts forward and loss; weights and SGD stay fp32", "fp32")
-    compile: bool = _help("run the training forward and backward through torch.compile (slow to start, then faster)",
-                          False)
+    compile: bool = _help("run the training forward and backward through torch.compile (compiles on first use; "
+                          "benchmarks/mnist_speed.py shows whether it pays off on your device)", False)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +111,21 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
+def compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` through torch.compile (same parameters); a backend that cannot build here is a DKError."""
+    fn = torch.compile(model)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return fn(x)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            reason = (str(e.inner_exception).strip().splitlines() or [""])[0]
+            raise DKError(f"torch.compile failed on this machine ({type(e.inner_exception).__name__}: {reason}); "
+                          "train without --compile") from None
+
+    return forward
+
+
 def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return {f"{OPTIM_PREFIX}{i}.{k}": v for i, s in opt.state_dict()["state"].items()
             for k, v in s.items() if torch.is_tensor(v)}
@@ -180,7 +195,7 @@ def fit(
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
 
-    forward = torch.compile(model) if cfg.compile else model  # shares the parameters of ``model``
+    forward = compiled(model) if cfg.compile else model
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
