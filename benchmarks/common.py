@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -22,8 +23,28 @@ def environment(device: torch.device) -> dict[str, Any]:
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                 text=True, cwd=Path(__file__).parent).stdout.strip())
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
-    return {"hardware": hw, "cpu_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+    return {"hardware": hw, "cpu": cpu_info(), "cpu_threads": torch.get_num_threads(), "python": sys.version.split()[0],
             "torch": torch.__version__, "commit": commit, "dirty_worktree": dirty, "device": str(device)}
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and the ISA flags that decide bf16 speed (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": {}}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in wanted}}
+
+
+def matmul_throughput(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's own dense matmul rate in GFLOP/s: median of ``repeats`` square n x n products."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    times = [timed(lambda: a @ b, device)[1] for _ in range(repeats)]
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def spread(values: list[float]) -> dict[str, float]:

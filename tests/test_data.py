@@ -133,3 +133,20 @@ def test_jitter_zero_fills_what_enters():
     x = torch.ones(50, 6, 6)
     out = jitter(x, 1, torch.Generator().manual_seed(0))
     assert out.min() == 0 and out.max() == 1 and (out.sum((1, 2)) >= 25).all()
+
+
+def test_gather_jittered_equals_per_image_slicing():
+    """Against an independent reference: each image cut from its zero-padded copy at its own shift."""
+    from darkknowledge.data import gather_jittered, pad_for_jitter
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(50, 7, 9, generator=g)
+    idx = torch.tensor([4, 0, 49, 4, 17])
+    k = 2
+    out = gather_jittered(pad_for_jitter(x, k), idx, k, torch.Generator().manual_seed(3))
+    shifts = torch.randint(0, 2 * k + 1, (2, len(idx)), generator=torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(x, (k, k, k, k))
+    for b, n in enumerate(idx.tolist()):
+        dy, dx = shifts[:, b].tolist()
+        assert torch.equal(out[b], padded[n, dy:dy + 7, dx:dx + 9])
+    assert torch.equal(gather_jittered(pad_for_jitter(x, 0), idx, 0), x[idx])

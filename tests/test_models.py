@@ -50,3 +50,14 @@ def test_max_norm_constraint_caps_each_units_incoming_weights():
 def test_unknown_architecture_is_named():
     with pytest.raises(DKError, match="unknown architecture 'resnet-9000'.*mlp-800x2"):
         build_model("resnet-9000", 64, 10)
+
+
+def test_max_norm_equals_torch_renorm():
+    model = MLP(30, (40,), 5, max_norm=2.0)
+    with torch.no_grad():
+        for lin in model.linears:
+            lin.weight.mul_(torch.linspace(0.5, 8, lin.weight.shape[0])[:, None])  # some rows above the cap
+    expected = [torch.renorm(lin.weight.detach(), 2, 0, 2.0) for lin in model.linears]
+    apply_constraints(model)
+    for lin, want in zip(model.linears, expected):
+        torch.testing.assert_close(lin.weight.detach(), want)

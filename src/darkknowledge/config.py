@@ -20,7 +20,7 @@ from darkknowledge.losses import COMBINE_METHODS
 from darkknowledge.models import ARCHITECTURES
 
 LR_SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _help(text: str, default: Any) -> Any:
@@ -43,15 +43,20 @@ class TrainConfig:
     jitter: int = _help("random translation of training inputs by up to this many pixels (paper: 2 for the teacher)", 0)
     seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
     device: str = _help("cpu, cuda, cuda:N, or auto (cuda when available)", "cpu")
-    precision: str = _help(f"{' or '.join(PRECISIONS)}: bf16 autocasts forward and loss; weights and SGD stay fp32", "fp32")
-    compile: bool = _help("run the training forward and backward through torch.compile (compiles on first use; "
-                          "benchmarks/mnist_speed.py shows whether it pays off on your device)", False)
+    precision: str = _help("auto (bf16 where the device computes it natively, else fp32), fp32 or bf16; "
+                           "bf16 runs the matmuls in bf16, master weights and SGD stay fp32", "auto")
+    fused: bool = _help("MLPs train through the fused step (explicit matmuls, closed-form logit gradients, fused "
+                        "SGD); off: autograd, like any other model", True)
+    grad_clip: float = _help("clip the global gradient norm to this before each update (0: off)", 0.0)
+    eval_every: int = _help("measure test errors every this many epochs (and after the last)", 1)
+    compile: bool = _help("train through autograd with the forward under torch.compile (compiles on first use; "
+                          "takes precedence over the fused MLP step; benchmarks/mnist_speed.py measures it)", False)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise DKError(f"unknown architecture {self.arch!r}; allowed: {', '.join(ARCHITECTURES)}")
-        _positive(self, "epochs", "batch_size", "lr")
-        _non_negative(self, "momentum", "weight_decay", "jitter", "warmup_epochs")
+        _positive(self, "epochs", "batch_size", "lr", "eval_every")
+        _non_negative(self, "momentum", "weight_decay", "jitter", "warmup_epochs", "grad_clip")
         if self.lr_schedule not in LR_SCHEDULES:
             raise DKError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
         if self.precision not in PRECISIONS:

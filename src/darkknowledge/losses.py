@@ -71,6 +71,50 @@ def distillation_loss(
     return loss
 
 
+def distillation_loss_and_grad(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor | None,
+    temperature: float,
+    labels: torch.Tensor | None = None,
+    soft_weight: float = 1.0,
+    hard_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``distillation_loss`` and its gradient with respect to the logits, in closed form.
+
+        d loss / dz_i = soft_weight * T * (q_i - p_i) / B  +  hard_weight * (softmax(z)_i - [i = y]) / B_labelled
+
+    with ``q = softmax(z / T)``: the paper's per-logit gradient ``(q_i - p_i) / T`` (section 2) times
+    the T^2 factor, averaged over the batch. The fused training step uses this instead of autograd
+    (no graph for the [B, C] head); ``teacher_probs`` may be None when ``soft_weight`` is 0 (hard labels).
+
+    Returns:
+        ``(loss, grad)``: the 0-dim loss (as ``distillation_loss``) and ``grad [B, C]``.
+    """
+    _check_temperature(temperature)
+    b = student_logits.shape[0]
+    loss, grad = student_logits.new_zeros(()), None
+    if soft_weight:
+        if teacher_probs is None or student_logits.shape != teacher_probs.shape:
+            raise DKError(f"student logits {tuple(student_logits.shape)} and teacher targets "
+                          f"{None if teacher_probs is None else tuple(teacher_probs.shape)} differ in shape")
+        log_q = F.log_softmax(student_logits / temperature, dim=-1)
+        kl = (torch.special.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_q).sum(-1).mean()
+        loss = soft_weight * temperature**2 * kl
+        grad = log_q.exp_().sub_(teacher_probs).mul_(soft_weight * temperature / b)
+    if hard_weight:
+        if labels is None:
+            raise DKError("hard_weight > 0 needs labels")
+        # The mean runs over labelled examples only; with none, the term is 0.
+        weight = (labels != UNLABELLED).to(student_logits.dtype)
+        weight *= hard_weight / weight.sum().clamp(min=1)
+        y = labels.clamp(min=0)[:, None]
+        log_p = F.log_softmax(student_logits, dim=-1)
+        loss = loss - (log_p.gather(1, y).squeeze(1) * weight).sum()
+        g = log_p.exp_().scatter_add_(1, y, torch.full_like(weight[:, None], -1.0)).mul_(weight[:, None])
+        grad = g if grad is None else grad.add_(g)
+    return loss, grad if grad is not None else torch.zeros_like(student_logits)
+
+
 def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Caruana/Ba logit matching: batch-mean of ``1/2 * ||z - v||^2`` (paper section 2.1).
 
@@ -82,6 +126,13 @@ def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
             f"{tuple(teacher_logits.shape)} differ in shape"
         )
     return 0.5 * (student_logits - teacher_logits).pow(2).sum(-1).mean()
+
+
+def logit_matching_loss_and_grad(student_logits: torch.Tensor,
+                                  teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logit_matching_loss`` and its gradient ``(z - v) / B`` (paper section 2.1)."""
+    loss = logit_matching_loss(student_logits, teacher_logits)
+    return loss, (student_logits - teacher_logits) / student_logits.shape[0]
 
 
 def ensemble_probs(member_logits: torch.Tensor, temperature: float, method: str = "arithmetic") -> torch.Tensor:

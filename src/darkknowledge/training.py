@@ -23,12 +23,39 @@ from tqdm.auto import tqdm
 
 from darkknowledge.checkpoint import OPTIM_PREFIX, load_checkpoint, save_checkpoint
 from darkknowledge.config import DistillConfig, TrainConfig
-from darkknowledge.data import jitter
+from darkknowledge.data import gather_jittered, pad_for_jitter
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits
-from darkknowledge.losses import distillation_loss, logit_matching_loss
+from darkknowledge.fused import FusedMLPStep
+from darkknowledge.losses import (
+    distillation_loss,
+    distillation_loss_and_grad,
+    logit_matching_loss,
+    logit_matching_loss_and_grad,
+)
 from darkknowledge.models import apply_constraints, build_model
 from darkknowledge.teachers import predict_logits
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (x86 AVX512-BF16 or AMX, Arm BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no cheap way to ask, so do not assume it
+        return False
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively (and accuracy holds: see the README),
+    else ``fp32``; ``fp32`` and ``bf16`` are taken as given."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    return "fp32"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,6 +79,9 @@ class HardLabels:
     def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, self.labels[idx])
 
+    def loss_and_grad(self, logits: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return distillation_loss_and_grad(logits, None, 1.0, self.labels[idx], soft_weight=0.0, hard_weight=1.0)
+
 
 @dataclass(frozen=True)
 class SoftTargets:
@@ -69,6 +99,11 @@ class SoftTargets:
         return distillation_loss(logits, self.targets[idx], c.temperature, self.labels[idx],
                                  soft_weight=c.soft_weight, hard_weight=c.hard_weight)
 
+    def loss_and_grad(self, logits: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        return distillation_loss_and_grad(logits, self.targets[idx], c.temperature, self.labels[idx],
+                                          soft_weight=c.soft_weight, hard_weight=c.hard_weight)
+
 
 @dataclass(frozen=True)
 class MatchLogits:
@@ -85,6 +120,10 @@ class MatchLogits:
 
     def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return logit_matching_loss(logits, self.teacher_logits[idx]) / logits.shape[-1]
+
+    def loss_and_grad(self, logits: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, grad = logit_matching_loss_and_grad(logits, self.teacher_logits[idx])
+        return loss / logits.shape[-1], grad / logits.shape[-1]
 
 
 Objective = HardLabels | SoftTargets | MatchLogits
@@ -139,6 +178,43 @@ def _restore_optim(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -
     opt.load_state_dict(state)
 
 
+def make_sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum; PyTorch's fused kernel (one pass per tensor) on CPU and CUDA."""
+    params = list(params)
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.SGD(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # older PyTorch: no fused CPU kernel
+            pass
+    return torch.optim.SGD(params, **kwargs)
+
+
+def autograd_step(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+                  objective: "Objective", precision: str, grad_clip: float):
+    """The generic step for any ``nn.Module``: autocast forward, autograd backward, SGD, constraints."""
+    device_type = next(model.parameters()).device.type
+    state: dict[str, torch.Tensor | None] = {"grad_norm": None}
+
+    def step(xb: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = objective(forward(xb), idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            state["grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+        opt.step()
+        apply_constraints(model)
+        return loss.detach().float()
+
+    step.state = state  # type: ignore[attr-defined]
+    return step
+
+
+# Settings that do not change the trained weights: a run may resume with other values.
+_RESUME_FREE = ("device", "eval_every")
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -155,36 +231,44 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train ``model`` on inputs ``x [N, H, W]`` against ``objective`` for ``cfg.epochs`` epochs.
 
+    An ``MLP`` trains through ``FusedMLPStep`` (explicit matmuls, closed-form logit gradients, fused
+    SGD) unless ``cfg.fused`` is off; any other module through autograd. ``cfg.precision`` ``auto``
+    picks bf16 where the device computes it natively.
+
     Args:
         model: the network to train (a registry architecture: ``cfg.arch``).
         x: transfer/training inputs; moved once to ``cfg.device`` and kept there.
         objective: ``HardLabels``, ``SoftTargets`` or ``MatchLogits`` over the same N examples.
         cfg: optimisation settings.
-        x_test, y_test: if given, test errors are measured after every epoch.
+        x_test, y_test: if given, test errors are measured every ``cfg.eval_every`` epochs and after the last.
         checkpoint: directory written atomically after every epoch (weights, optimiser, history).
         meta: extra JSON fields stored in the checkpoint (data source, teacher, distill config...).
         resume: continue from ``checkpoint`` if it holds an unfinished run of the same config.
         desc, progress: progress-bar label and switch.
 
     Returns:
-        The per-epoch history: ``[{"epoch", "loss", "test_errors", "seconds"}, ...]``.
+        The per-epoch history: ``[{"epoch", "loss", "loss_max", "seconds", "test_errors"?, ...}, ...]``;
+        ``loss_max`` is the largest single-batch loss of the epoch (a spike shows there first), and
+        with ``grad_clip`` on, ``grad_norm_max`` and ``clipped_steps`` say how often clipping acted.
     """
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     model.to(device)
-    x = x.to(device)
     objective = objective.to(device)
     if x_test is not None:
         x_test, y_test = x_test.to(device), y_test.to(device)
     with torch.no_grad():
-        num_classes = int(model(x[:1]).shape[-1])
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
+        num_classes = int(model(x[:1].to(device, torch.float32)).shape[-1])
+    opt = make_sgd(model.parameters(), cfg, device)
+    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_FREE}
+    train_cfg["precision"] = precision  # as resolved: "auto" may mean another thing on another machine
     history: list[dict[str, Any]] = []
     start = 0
     if resume and checkpoint is not None and (Path(checkpoint) / "model.json").is_file():
         saved, saved_meta, extra = load_checkpoint(checkpoint, expected_arch=cfg.arch)
-        if saved_meta.get("train_config") != train_cfg:
-            changed = sorted(k for k in train_cfg if saved_meta.get("train_config", {}).get(k) != train_cfg[k])
+        saved_cfg = {k: v for k, v in saved_meta.get("train_config", {}).items() if k not in _RESUME_FREE}
+        if saved_cfg != train_cfg:
+            changed = sorted(k for k in train_cfg.keys() | saved_cfg.keys() if saved_cfg.get(k) != train_cfg.get(k))
             raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
         # The objective's settings too (temperature, transfer set, teacher weights...): JSON-normalised.
         wanted = json.loads(json.dumps(meta or {}))
@@ -195,35 +279,59 @@ def fit(
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
 
-    forward = compiled(model) if cfg.compile else model
+    fused = cfg.fused and not cfg.compile and FusedMLPStep.supports(model)  # --compile asks for autograd
+    if fused:
+        step_fn = FusedMLPStep(model, opt, torch.bfloat16 if precision == "bf16" else torch.float32, cfg.grad_clip)
+        # The inputs live on the device in the compute dtype: half the bytes to gather per batch in bf16.
+        x = x.to(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+
+        def step(xb, idx, gen):
+            return step_fn(xb, lambda z: objective.loss_and_grad(z, idx), gen)
+
+        def grad_norm():
+            return step_fn.last_grad_norm
+    else:
+        x = x.to(device)
+        step = autograd_step(model, compiled(model) if cfg.compile else model, opt, objective, precision,
+                             cfg.grad_clip)
+
+        def grad_norm():
+            return step.state["grad_norm"]
+    source = pad_for_jitter(x, cfg.jitter)  # padded once: a batch is then one index_select, jittered or not
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
                unit="epoch", leave=False, mininterval=0.5)
     for epoch in bar:
         t0 = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout on the autograd path
         gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch))
         model.train()
         perm = torch.randperm(n, device=device, generator=gen)
+        # Running sums stay on the device: no host sync per step.
         loss_sum = torch.zeros((), device=device)
-        for i, step in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
+        loss_max = torch.full((), -math.inf, device=device)
+        norm_max = torch.zeros((), device=device)
+        clipped = torch.zeros((), device=device)
+        for i, step_index in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
             idx = perm[i * bs:(i + 1) * bs]
-            xb = jitter(x[idx], cfg.jitter, gen) if cfg.jitter else x[idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = objective(forward(xb), idx)
+            xb = gather_jittered(source, idx, cfg.jitter, gen)
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step, steps_per_epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            apply_constraints(model)
-            loss_sum += loss.detach() * len(idx)  # stays on device: no sync per step
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / n}
+                group["lr"] = lr_at(cfg, step_index, steps_per_epoch)
+            loss = step(xb, idx, gen)
+            loss_sum += loss * len(idx)
+            torch.maximum(loss_max, loss, out=loss_max)
+            if cfg.grad_clip > 0:
+                g = grad_norm()
+                torch.maximum(norm_max, g, out=norm_max)
+                clipped += g > cfg.grad_clip
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / n, "loss_max": float(loss_max)}
+        if cfg.grad_clip > 0:
+            record.update(grad_norm_max=round(float(norm_max), 4), clipped_steps=int(clipped))
         if not math.isfinite(record["loss"]):
             raise DKError(f"{desc}: training diverged (loss {record['loss']}) in epoch {epoch + 1}; "
                           f"lower the learning rate (lr {cfg.lr})")
-        if x_test is not None:
+        if x_test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             record["test_errors"] = errors_from_logits(predict_logits(model, x_test), y_test, num_classes)["errors"]
         record["seconds"] = round(time.perf_counter() - t0, 4)
         history.append(record)
