@@ -1,49 +1,120 @@
-"""`dk reproduce mnist` at smoke scale on real MNIST: every stage runs and results.json keeps its contract."""
+"""`dk reproduce mnist` at smoke scale on real MNIST: the results contract, failures, kills and resumes."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
 
+import pytest
 from conftest import run_dk
 
+from darkknowledge import cli
+from darkknowledge.experiments import mnist
+
 REQUIRED = {"teacher", "student", "distilled", "omit3", "omit3_bias_fixed", "only78", "only78_bias_fixed"}
+SMOKE = ["reproduce", "mnist", "--scale", "smoke", "--device", "cpu", "--no-progress"]
 
 
-def test_reproduce_mnist_smoke(mnist_dir, tmp_path):
-    out = tmp_path / "repro"
-    r = run_dk("reproduce", "mnist", "--scale", "smoke", "--seeds", "2", "--workers", "2", "--device", "cpu", "--data-dir", mnist_dir,
-               "--out", out, "--no-progress", timeout=600)
+def numbers(res):
+    """Everything measured in a results.json, without timings."""
+    return ({r["experiment"]: r["values"] for r in res["rows"]}, res["sweep"], res["logit_matching"],
+            res["bias_offsets"])
+
+
+def _stages_done(path):
+    try:
+        return json.loads(path.read_text())["stages_done"]
+    except (OSError, ValueError):  # not written yet (it is replaced atomically, never torn)
+        return 0
+
+
+@pytest.fixture(scope="module")
+def reference(mnist_dir, tmp_path_factory):
+    """An uninterrupted sequential run: one seed, every stage."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = run_dk(*SMOKE, "--data-dir", mnist_dir, "--out", out, timeout=600)
     assert r.returncode == 0, r.stderr
-    res = json.loads((out / "results.json").read_text())
-    assert isinstance(res["hardware"], str) and isinstance(res["commit"], str)
+    return out, r, json.loads((out / "results.json").read_text())
+
+
+def test_results_contract(reference):
+    out, r, res = reference
+    assert isinstance(res["hardware"], str) and isinstance(res["commit"], str) and res["workers"] == 1
     rows = {row["experiment"]: row for row in res["rows"]}
-    assert REQUIRED <= set(rows)
-    for name, row in rows.items():
-        assert row["metric"] in ("test_errors", "test_error_percent")
+    assert REQUIRED <= set(rows) and rows["teacher"]["paper"] == 67
+    for row in rows.values():
+        assert row["metric"] in ("test_errors", "test_error_percent") and row["status"] == "done"
         assert all(isinstance(row[k], (int, float)) for k in ("paper", "mean", "std", "seconds"))
-        assert row["seeds"] == 2 and len(row["values"]) == 2
-    assert rows["only78"]["metric"] == "test_error_percent" and rows["teacher"]["paper"] == 67
-    # The bias fix is fitted on validation data, so it may not beat the unfixed test errors by much at
-    # smoke scale, but the bookkeeping must hold: errors on 3s are part of all errors.
-    assert rows["omit3_errors_on_3"]["mean"] <= rows["omit3"]["mean"]
-    assert len(res["bias_offsets"]["omit3"]["validation_fitted"]) == 2
+        assert row["seeds"] == 1 and len(row["values"]) == 1
+    assert rows["omit3_errors_on_3"]["mean"] <= rows["omit3"]["mean"]  # errors on 3s are part of all errors
+    assert len(res["bias_offsets"]["omit3"]["validation_fitted"]) == 1
     assert {s["width"] for s in res["sweep"]} == {30} and len(res["logit_matching"]) == 2
+    assert res["stages_done"] == res["stages_total"] == len(res["stages"]) == 9
     assert "| teacher | test_errors | 67 |" in (out / "results.md").read_text()
     for png in ("sweep.png", "bias_fix.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert "only78_bias_fixed" in r.stdout
-    assert res["workers"] == 2 and (out / "teachers" / "seed0" / "model.safetensors").is_file()
+    assert "only78_bias_fixed" in r.stdout and "9/9 stages done" in r.stdout
+    assert (out / "teachers" / "seed0" / "model.safetensors").is_file()
+    assert len(list((out / "stages").glob("*.json"))) == 9
 
 
-def test_reproduce_sequential_equals_parallel_bookkeeping(mnist_dir, tmp_path):
-    """One seed in this process: the same task list, so the same keys as the parallel run."""
-    out = tmp_path / "seq"
-    r = run_dk("reproduce", "mnist", "--scale", "smoke", "--device", "cpu", "--data-dir", mnist_dir, "--out", out,
-               "--no-progress", timeout=600)
+def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
+    """SIGKILL a real run after its third stage, resume it, and compare every number with the reference."""
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "darkknowledge", *SMOKE, "--data-dir", str(mnist_dir), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _stages_done(out / "results.json") < 3:
+        assert time.time() < deadline and proc.poll() is None, "run ended before its third stage"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    partial = json.loads((out / "results.json").read_text())  # written after each stage: never lost
+    assert 3 <= partial["stages_done"] < 9
+    assert {r["status"] for r in partial["rows"]} <= {"done", "pending"}
+
+    again = run_dk(*SMOKE, "--data-dir", mnist_dir, "--out", out)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently overwritten
+    r = run_dk(*SMOKE, "--data-dir", mnist_dir, "--out", out, "--resume", timeout=600)
     assert r.returncode == 0, r.stderr
+    assert "resuming:" in r.stderr
+    assert numbers(json.loads((out / "results.json").read_text())) == numbers(reference[2])
+
+
+def test_a_failing_stage_is_recorded_and_the_others_still_run(mnist_dir, tmp_path, monkeypatch, capsys):
+    # A distilled student that diverges: its stages fail with the divergence message; the rest finish.
+    monkeypatch.setattr(mnist, "DISTILLED", replace(mnist.DISTILLED, lr=1e9, warmup_epochs=0.0))
+    out = tmp_path / "fail"
+    code = cli.main([*SMOKE, "--data-dir", str(mnist_dir), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "stages failed" in captured.err
     res = json.loads((out / "results.json").read_text())
-    assert res["workers"] == 1 and res["seeds"] == [0] and len(res["sweep"]) == 2
-    assert "task 2/2: sweep" in r.stderr
+    rows = {r["experiment"]: r for r in res["rows"]}
+    assert rows["teacher"]["status"] == "done" and rows["student"]["status"] == "done"
+    assert rows["distilled"]["status"] == "failed"
+    assert "diverged" in rows["distilled"]["errors"]["distilled/s0"]
+    stages = {s["stage"]: s for s in res["stages"]}
+    assert stages["teacher/s0"]["status"] == stages["student/s0"]["status"] == "done"
+    assert stages["distilled/s0"]["status"] == "failed" and "diverged" in stages["distilled/s0"]["error"]
+    assert "Failed stages" in (out / "results.md").read_text()
+
+
+def test_resume_refuses_another_scale(reference, mnist_dir):
+    out = reference[0]
+    r = run_dk("reproduce", "mnist", "--quick", "--data-dir", mnist_dir, "--out", out, "--resume")
+    assert r.returncode == 2 and "'smoke'-scale reproduction, not 'quick'" in r.stderr
 
 
 def test_reproduce_needs_data_dir(tmp_path):
     r = run_dk("reproduce", "mnist", "--out", tmp_path / "o")
     assert r.returncode == 2 and "needs --data-dir" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_parallel_workers_give_the_same_numbers(reference, mnist_dir, tmp_path):
+    out = tmp_path / "par"
+    r = run_dk(*SMOKE, "--workers", "2", "--data-dir", mnist_dir, "--out", out, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["workers"] == 2 and numbers(res)[0].keys() == numbers(reference[2])[0].keys()

@@ -196,17 +196,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.data_dir:
         raise DKError("reproduce mnist needs --data-dir: a directory with the canonical MNIST IDX files "
                       "(e.g. from `python ../shared/tools/datasets.py install DIR --only mnist`)")
+    if args.resume and args.overwrite:
+        raise DKError("give --resume or --overwrite, not both")
     out = Path(args.out or f"runs/mnist-{scale}")
     results = reproduce(args.data_dir, out, scale=scale, seeds=args.seeds, device=args.device,
-                        progress=not args.no_progress, cache_dir=args.cache_dir or None, workers=args.workers,
-                        log=lambda m: print(m, file=sys.stderr))
-    print_table([{**r, "measured": f"{r['mean']:.4g} ± {r['std']:.2g}"} for r in results["rows"]],
-                ("experiment", "metric", "paper", "measured", "seeds", "seconds"))
+                        progress=not args.no_progress, workers=args.workers, resume=args.resume,
+                        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    from darkknowledge.experiments.report import fmt_measured
+
+    print_table([{**r, "measured": fmt_measured(r)} for r in results["rows"]],
+                ("experiment", "metric", "paper", "measured", "status", "seconds"))
     for k, v in results["bias_offsets"].items():
         print(f"{k}: bias offset fitted on validation {v['validation_fitted']}, test-optimal {v['test_optimal']}, "
               f"paper {v['paper']}")
-    print(f"{results['hardware']}; total {results['total_seconds']:.0f} s; wrote {out}/results.json, results.md, "
-          f"bias_fix.png{', sweep.png' if results['sweep'] else ''}")
+    failed = [s for s in results["stages"] if s["status"] == "failed"]
+    print(f"{results['hardware']}; {results['stages_done']}/{results['stages_total']} stages done in "
+          f"{results['wall_seconds']:.0f} s; wrote {out}/results.json, results.md and plots")
+    if failed:
+        print(f"{len(failed)} stages failed (errors in {out}/results.md); rerun with --resume to retry them",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -258,11 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3 at full scale, 1 quick or smoke)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--scale", choices=["full", "quick", "smoke"], default="full",
-                   help="full: paper scale (GPU); quick: ~10 min on 2 CPU cores; smoke: seconds, for tests")
+                   help="full: paper scale; quick: minutes on 2 CPU cores; smoke: seconds, for tests")
     p.add_argument("--quick", action="store_true", help="same as --scale quick")
     p.add_argument("--workers", type=int, default=1,
-                   help="tasks (one per seed, plus the sweep) run in this many processes at once (default: 1)")
-    p.add_argument("--cache-dir", default="", help="directory for cached teacher logits (default: memory only)")
+                   help="stages whose inputs are ready run in this many processes at once (default: 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the reproduction in --out: finished stages are kept, the cut-off one resumes "
+                        "from its epoch checkpoint, failed ones are retried")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous reproduction in --out")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("export", help="write a checkpoint as ONNX and check it in onnxruntime")

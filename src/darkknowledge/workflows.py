@@ -103,8 +103,9 @@ def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: 
 
 
 def match_logits(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, x: torch.Tensor,
-                 progress: bool = True) -> Result:
+                 out: str | Path | None = None, resume: bool = False, progress: bool = True) -> Result:
     """Train ``cfg.arch`` to regress the teacher's (ensemble-mean) logits on ``x`` (paper section 2.1)."""
     check_teacher_fits(teacher, data)
     logits = teacher.member_logits(x.to(resolve_device(cfg.device))).mean(0)
-    return fit_and_evaluate(name, data, x, MatchLogits(logits), cfg, progress=progress)
+    meta = {"objective": "logit matching", "teacher_fingerprint": teacher.fingerprint()}
+    return fit_and_evaluate(name, data, x, MatchLogits(logits), cfg, out, resume, progress, meta)

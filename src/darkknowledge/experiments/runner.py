@@ -1,0 +1,180 @@
+"""Stages of a reproduction: run in order (or in worker processes), recorded as they finish, resumable.
+
+An experiment is a list of ``Stage``s: one training run each (a teacher, a student, a sweep point),
+with the stages it needs. ``run_stages`` executes them and writes each outcome to
+``OUT/stages/NAME.json`` the moment it is known:
+
+- ``done``: the stage's result (a JSON mapping) and its seconds;
+- ``failed``: its error message (the stage raised), or the failed stage it depends on.
+
+A failed stage never stops the others. After every stage the experiment's ``report`` callback
+rewrites the results file from all records so far, so an interrupted run keeps everything that
+finished. With ``resume``, stages already ``done`` are not run again, and a stage cut off mid-way
+continues from its own epoch checkpoint (the stage function passes ``resume`` on to ``fit``); a
+previous run's ``failed`` stages are retried.
+
+Progress: one overall bar weighted by each stage's estimated ``cost`` (so its time estimate means
+something when a teacher costs 50 small stages), above the running stage's own epoch bar.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from darkknowledge.checkpoint import atomic_write_json
+from darkknowledge.errors import DKError
+
+DONE, FAILED, PENDING = "done", "failed", "pending"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of work: ``kind`` and ``params`` are what the experiment's stage function reads."""
+
+    name: str  # unique, e.g. "teacher/s0"; "/" becomes "__" in file names
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+    cost: float = 1.0  # relative compute, for the overall progress bar's time estimate
+
+
+def stage_path(out: Path, name: str) -> Path:
+    return out / "stages" / f"{name.replace('/', '__')}.json"
+
+
+def read_records(out: Path, stages: list[Stage]) -> dict[str, dict[str, Any]]:
+    """The recorded outcome of every stage (``{"status": "pending"}`` where none is recorded)."""
+    records = {}
+    for s in stages:
+        path = stage_path(out, s.name)
+        try:
+            records[s.name] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            records[s.name] = {"status": PENDING}
+    return records
+
+
+def _failure(e: BaseException) -> str:
+    if isinstance(e, DKError):
+        return str(e)
+    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], out: Path, *,
+               report: Callable[[dict[str, dict[str, Any]]], None], resume: bool = False, workers: int = 1,
+               progress: bool = True, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Run ``stages`` (dependencies before dependants), recording each; returns all records.
+
+    Args:
+        stages: in the order to run them when one worker runs them all.
+        execute: ``execute(stage) -> result``; a top-level function when ``workers > 1`` (it is
+            pickled to worker processes). Raising marks the stage failed.
+        out: the experiment's output directory (records go to ``out/stages/``).
+        report: called with all records after every stage (writes results files).
+        resume: keep stages already done in ``out``; otherwise they are run again.
+        workers: stages run in this many processes at once (1: in this process).
+    """
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError("stage names must be unique")
+    by_name = {s.name: s for s in stages}
+    for s in stages:
+        missing = [d for d in s.deps if d not in by_name]
+        if missing:
+            raise ValueError(f"stage {s.name} depends on unknown stages {missing}")
+    records = read_records(out, stages) if resume else {s.name: {"status": PENDING} for s in stages}
+    for name, rec in records.items():
+        if rec["status"] != DONE:
+            records[name] = {"status": PENDING}
+    total = sum(s.cost for s in stages)
+    bar = tqdm(total=total, disable=not progress, unit="", position=0, dynamic_ncols=True,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]", mininterval=1.0)
+
+    def done_count() -> int:
+        return sum(r["status"] != PENDING for r in records.values())
+
+    def refresh_bar() -> None:
+        bar.set_description_str(f"stages {done_count()}/{len(stages)}", refresh=False)
+
+    def finish(stage: Stage, record: dict[str, Any]) -> None:
+        records[stage.name] = record
+        atomic_write_json(stage_path(out, stage.name), record)
+        bar.update(stage.cost)
+        refresh_bar()
+        state = record["status"] + (f": {record['error']}" if record["status"] == FAILED else "")
+        log(f"stage {stage.name}: {state} ({record.get('seconds', 0):.0f} s)")
+        report(records)
+
+    def blocked(stage: Stage) -> str | None:
+        bad = [d for d in stage.deps if records[d]["status"] == FAILED]
+        return f"needs {', '.join(bad)}, which failed" if bad else None
+
+    already = [s for s in stages if records[s.name]["status"] == DONE]
+    if already:
+        bar.update(sum(s.cost for s in already))
+        log(f"resuming: {len(already)} of {len(stages)} stages already done")
+    refresh_bar()
+    report(records)
+    todo = [s for s in stages if records[s.name]["status"] == PENDING]
+    try:
+        if workers == 1:
+            for stage in todo:
+                reason = blocked(stage)
+                if reason:
+                    finish(stage, {"status": FAILED, "error": reason, "seconds": 0.0})
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    result = execute(stage)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as e:  # a stage's failure is data; the others still run
+                    finish(stage, {"status": FAILED, "error": _failure(e), "seconds": time.perf_counter() - t0})
+                else:
+                    finish(stage, {"status": DONE, "result": result, "seconds": time.perf_counter() - t0})
+        else:
+            _run_parallel(todo, execute, records, workers, blocked, finish)
+    finally:
+        bar.close()
+    return records
+
+
+def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, finish) -> None:
+    """Submit each stage once its dependencies are done; record results as they arrive."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    waiting = list(todo)
+    running: dict[cf.Future, tuple[Stage, float]] = {}
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        while waiting or running:
+            for stage in list(waiting):
+                reason = blocked(stage)
+                if reason:
+                    waiting.remove(stage)
+                    finish(stage, {"status": FAILED, "error": reason, "seconds": 0.0})
+                elif all(records[d]["status"] == DONE for d in stage.deps) and len(running) < workers:
+                    waiting.remove(stage)
+                    running[pool.submit(execute, stage)] = (stage, time.perf_counter())
+            if not running:
+                if waiting:  # nothing runs and nothing can start: the dependencies form a cycle
+                    raise ValueError(f"stages {[s.name for s in waiting]} wait on each other")
+                continue
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                stage, t0 = running.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as e:
+                    finish(stage, {"status": FAILED, "error": _failure(e), "seconds": time.perf_counter() - t0})
+                else:
+                    finish(stage, {"status": DONE, "result": result, "seconds": time.perf_counter() - t0})

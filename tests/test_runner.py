@@ -1,0 +1,71 @@
+"""Stage runner: failures are recorded and never stop the others; every finished stage is on disk."""
+
+import json
+
+import pytest
+
+from darkknowledge import DKError
+from darkknowledge.experiments.runner import Stage, read_records, run_stages
+
+STAGES = [Stage("a", "ok"), Stage("b", "boom", deps=("a",)), Stage("c", "ok", deps=("b",)),
+          Stage("d", "ok", deps=("a",)), Stage("e", "crash")]
+
+
+def execute(stage):
+    if stage.kind == "boom":
+        raise DKError("training diverged (loss nan) in epoch 1")
+    if stage.kind == "crash":
+        raise ZeroDivisionError("division by zero")
+    return {"value": stage.name}
+
+
+def test_failures_are_recorded_and_the_rest_still_runs(tmp_path):
+    reports = []
+    records = run_stages(STAGES, execute, tmp_path, report=lambda r: reports.append({k: v["status"] for k, v in r.items()}),
+                         progress=False, log=lambda m: None)
+    assert {k: v["status"] for k, v in records.items()} == {"a": "done", "b": "failed", "c": "failed", "d": "done",
+                                                           "e": "failed"}
+    assert records["b"]["error"] == "training diverged (loss nan) in epoch 1"
+    assert records["c"]["error"] == "needs b, which failed"
+    assert records["e"]["error"].startswith("ZeroDivisionError: division by zero at test_runner.py:")
+    assert records["a"]["result"] == {"value": "a"}
+    # The report ran before any stage and after each one, seeing each outcome as it came.
+    assert len(reports) == 1 + len(STAGES)
+    assert reports[0] == {s.name: "pending" for s in STAGES} and reports[1]["a"] == "done"
+    on_disk = read_records(tmp_path, STAGES)
+    assert on_disk == json.loads(json.dumps(records))
+
+
+def test_resume_keeps_done_stages_and_retries_failed_ones(tmp_path):
+    run_stages(STAGES, execute, tmp_path, report=lambda r: None, progress=False, log=lambda m: None)
+    ran = []
+
+    def fixed(stage):
+        ran.append(stage.name)
+        return {"value": stage.name}
+
+    records = run_stages(STAGES, fixed, tmp_path, report=lambda r: None, resume=True, progress=False,
+                         log=lambda m: None)
+    assert ran == ["b", "c", "e"] and all(r["status"] == "done" for r in records.values())
+    ran.clear()
+    run_stages(STAGES, fixed, tmp_path, report=lambda r: None, resume=False, progress=False, log=lambda m: None)
+    assert ran == [s.name for s in STAGES]  # without resume everything runs again
+
+
+def _parallel_execute(stage):
+    if stage.kind == "boom":
+        raise DKError("boom")
+    return {"value": stage.name}
+
+
+def test_parallel_workers_record_the_same_outcomes(tmp_path):
+    records = run_stages(STAGES[:4], _parallel_execute, tmp_path, report=lambda r: None, workers=2,
+                         progress=False, log=lambda m: None)
+    assert {k: v["status"] for k, v in records.items()} == {"a": "done", "b": "failed", "c": "failed", "d": "done"}
+
+
+def test_bad_stage_lists_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        run_stages([Stage("a", "ok"), Stage("a", "ok")], execute, tmp_path, report=lambda r: None, progress=False)
+    with pytest.raises(ValueError, match="unknown stages"):
+        run_stages([Stage("a", "ok", deps=("z",))], execute, tmp_path, report=lambda r: None, progress=False)
