@@ -44,7 +44,8 @@ class Dataset:
         return int(np.prod(self.x_train.shape[1:]))
 
 
-def _make(name: str, x_train, y_train, x_test, y_test, scale: float) -> Dataset:
+def from_arrays(name: str, x_train, y_train, x_test, y_test, scale: float) -> Dataset:
+    """A checked Dataset from arrays of images (divided by ``scale``) and integer labels."""
     x_train = torch.as_tensor(np.array(x_train), dtype=torch.float32) / scale
     x_test = torch.as_tensor(np.array(x_test), dtype=torch.float32) / scale
     y_train = torch.as_tensor(np.asarray(y_train).astype(np.int64))
@@ -70,7 +71,7 @@ def load_digits() -> Dataset:
 
     d = sk_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(d.images, d.target, stratify=d.target, **DIGITS_SPLIT)
-    return _make("digits", x_tr, y_tr, x_te, y_te, scale=16.0)
+    return from_arrays("digits", x_tr, y_tr, x_te, y_te, scale=16.0)
 
 
 _IDX_MAGIC = {2051: 3, 2049: 1}  # images: (n, rows, cols); labels: (n,)
@@ -116,7 +117,7 @@ def load_mnist(root: str | Path) -> Dataset:
     for s, nd in (("train-images-idx3", 3), ("t10k-images-idx3", 3), ("train-labels-idx1", 1), ("t10k-labels-idx1", 1)):
         if arrays[s].ndim != nd:
             raise DKError(f"MNIST {s}: expected {nd}-d data, got shape {arrays[s].shape}")
-    return _make("mnist", arrays["train-images-idx3"], arrays["train-labels-idx1"],
+    return from_arrays("mnist", arrays["train-images-idx3"], arrays["train-labels-idx1"],
                  arrays["t10k-images-idx3"], arrays["t10k-labels-idx1"], scale=255.0)
 
 
@@ -136,7 +137,7 @@ def load_npz(path: str | Path) -> Dataset:
             raise DKError(f"{path}: {k} must hold integer labels, got {arrays[k].dtype}")
     x = arrays["x_train"]
     scale = float(np.iinfo(x.dtype).max) if np.issubdtype(x.dtype, np.integer) else 1.0
-    return _make(path.stem, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], scale)
+    return from_arrays(path.stem, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], scale)
 
 
 def load_data(source: str) -> Dataset:
@@ -207,10 +208,10 @@ def gather_jittered(padded: torch.Tensor, idx: torch.Tensor, max_shift: int,
     trip, and on a CPU several times cheaper than gathering with advanced indexing.
     """
     k = max_shift
+    if k <= 0:  # any shape: flat feature vectors too
+        return padded.index_select(0, idx)
     n, ph, pw = padded.shape
     h, w = ph - 2 * k, pw - 2 * k
-    if k <= 0:
-        return padded.index_select(0, idx)
     dev = padded.device
     shifts = torch.randint(0, 2 * k + 1, (2, len(idx)), device=dev, generator=generator)
     # Flat index of output pixel (i, j) of image n: n * ph * pw + (i + dy_n) * pw + (j + dx_n).

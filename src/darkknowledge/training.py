@@ -249,7 +249,8 @@ def fit(
     Returns:
         The per-epoch history: ``[{"epoch", "loss", "loss_max", "seconds", "test_errors"?, ...}, ...]``;
         ``loss_max`` is the largest single-batch loss of the epoch (a spike shows there first), and
-        with ``grad_clip`` on, ``grad_norm_max`` and ``clipped_steps`` say how often clipping acted.
+        with ``grad_clip`` on, ``grad_norm_max``, ``grad_norm_mean`` (before clipping) and ``clipped_steps``
+        say how often clipping acted.
     """
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -312,6 +313,7 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         loss_max = torch.full((), -math.inf, device=device)
         norm_max = torch.zeros((), device=device)
+        norm_sum = torch.zeros((), device=device)
         clipped = torch.zeros((), device=device)
         for i, step_index in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
             idx = perm[i * bs:(i + 1) * bs]
@@ -324,13 +326,16 @@ def fit(
             if cfg.grad_clip > 0:
                 g = grad_norm()
                 torch.maximum(norm_max, g, out=norm_max)
+                norm_sum += g
                 clipped += g > cfg.grad_clip
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / n, "loss_max": float(loss_max)}
         if cfg.grad_clip > 0:
-            record.update(grad_norm_max=round(float(norm_max), 4), clipped_steps=int(clipped))
+            record.update(grad_norm_max=round(float(norm_max), 4),
+                          grad_norm_mean=round(float(norm_sum) / steps_per_epoch, 4), clipped_steps=int(clipped))
         if not math.isfinite(record["loss"]):
             raise DKError(f"{desc}: training diverged (loss {record['loss']}) in epoch {epoch + 1}; "
-                          f"lower the learning rate (lr {cfg.lr})")
+                          f"lower the learning rate (lr {cfg.lr}) or clip the gradient norm "
+                          f"(grad_clip {cfg.grad_clip or 'off'})")
         if x_test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             record["test_errors"] = errors_from_logits(predict_logits(model, x_test), y_test, num_classes)["errors"]
         record["seconds"] = round(time.perf_counter() - t0, 4)
