@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=5)
     ap.add_argument("--student-epochs", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--train-limit", type=int, default=0, help="use the first N training images (0: all 60,000)")
+    ap.add_argument("--val-size", type=int, default=5000, help="validation images carved from the training set")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -88,7 +90,9 @@ def main() -> None:
     bar = tqdm(jobs, desc="robustness", unit="variant-seed", disable=not progress)
     for variant, seed in bar:
         data = dataset(variant, args.mnist)
-        x, y, xv, yv = split_validation(data.x_train, data.y_train, 5000, seed=0)
+        if args.train_limit:
+            data = replace(data, x_train=data.x_train[:args.train_limit], y_train=data.y_train[:args.train_limit])
+        x, y, xv, yv = split_validation(data.x_train, data.y_train, args.val_size, seed=0)
         common = dict(seed=seed, device=args.device, batch_size=256)
         t_cfg = replace(TEACHER, epochs=args.teacher_epochs, eval_every=args.teacher_epochs,
                         grad_clip=TEACHER.grad_clip or RECORD_ONLY, **common)

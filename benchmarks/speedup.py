@@ -37,13 +37,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--train-limit", type=int, default=0, help="use the first N training images (0: all 60,000)")
+    ap.add_argument("--val-size", type=int, default=5000, help="validation images carved from the training set")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out-dir", help="where the JSON goes (default: benchmarks/results/)")
     args = ap.parse_args()
     device = torch.device(args.device)
     data = load_mnist(args.data_dir)
-    x, y, xv, yv = split_validation(data.x_train, data.y_train, 5000, seed=0)
+    if args.train_limit:
+        data = replace(data, x_train=data.x_train[:args.train_limit], y_train=data.y_train[:args.train_limit])
+    x, y, xv, yv = split_validation(data.x_train, data.y_train, args.val_size, seed=0)
     rows = []
 
     def train(role, cfg, objective, seed):
@@ -68,7 +72,7 @@ def main() -> None:
                          "now_config": {"precision": resolve_precision(cfg.precision, device), "fused": cfg.fused,
                                         "batch_size": cfg.batch_size, "lr": cfg.lr},
                          "speedup": before["seconds_per_epoch"] / now["seconds_per_epoch"]})
-    result = {"benchmark": "speedup", "epochs": args.epochs, "before_config": BEFORE, "rows": rows,
+    result = {"benchmark": "speedup", "epochs": args.epochs, "train_images": len(x), "val_images": len(xv), "before_config": BEFORE, "rows": rows,
               "matmul_gflops": {"fp32": matmul_throughput(torch.float32, device),
                                 "bf16": matmul_throughput(torch.bfloat16, device)},
               **environment(device)}

@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -30,3 +33,52 @@ def test_deployment_benchmark(tmp_path):
     res = json.loads((tmp_path / "deployment-cpu.json").read_text())
     assert [row["arch"] for row in res["rows"]] == ["mlp-1200x2", "mlp-800x2", "mlp-30x2"]
     assert res["rows"][0]["parameters"] > res["rows"][1]["parameters"]
+
+
+def test_roofline_benchmark(tmp_path):
+    r = run("roofline.py", "--device", "cpu", "--nets", "mlp-30x2", "--batch-sizes", "64", "--rounds", "1",
+            "--steps", "3", "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "roofline-cpu.json").read_text())
+    assert "avx512_bf16" in res["cpu"]["flags"] and res["matmul_gflops"]["fp32"] > 0
+    row = res["rows"][0]
+    assert row["arch"] == "mlp-30x2" and row["step_over_floor"]["median"] > 0 and row["epoch_seconds"] > 0
+    assert {r["path"] for r in res["rows"]} == {"fused", "autograd"}
+
+
+def test_variants_are_canonical_idx_that_dk_reads(mnist_dir, tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from variants import PERMUTATION, build, write_idx
+
+    from darkknowledge.data import load_mnist
+
+    plain = load_mnist(mnist_dir)
+    inverted = load_mnist(write_idx(tmp_path / "inv", build("inverted", mnist_dir)))
+    assert torch.allclose(inverted.x_test[:100], 1 - plain.x_test[:100], atol=1e-6)
+    assert torch.equal(inverted.y_train, plain.y_train)
+    remapped = build("remapped", mnist_dir)
+    assert (remapped["y_test"] == np.asarray(PERMUTATION)[plain.y_test.numpy()]).all()
+    rotated = build("rotated", mnist_dir)
+    assert rotated["x_train"].shape == (60000, 28, 28) and rotated["x_train"].dtype == np.uint8
+    assert not (rotated["x_train"][:100] == (plain.x_train[:100] * 255).round().numpy()).all()
+
+
+def test_robustness_benchmark(mnist_dir, tmp_path):
+    out = tmp_path / "rob.json"
+    r = run("robustness.py", "--mnist", mnist_dir, "--variants", "inverted", "--seeds", "1", "--teacher-epochs", "1",
+            "--student-epochs", "1", "--train-limit", "1500", "--val-size", "300", "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stderr
+    run_ = json.loads(out.read_text())["runs"][0]
+    assert run_["variant"] == "inverted" and run_["seed"] == 0
+    for k in ("teacher", "student", "distilled_default", "distilled_no_clip"):
+        assert run_[k]["diverged"] or run_[k]["test_errors"] >= 0
+    assert run_["distilled_no_clip"].get("clipped_steps", 0) == 0  # the "off" run records norms, clips nothing
+
+
+def test_speedup_benchmark(mnist_dir, tmp_path):
+    r = run("speedup.py", "--data-dir", mnist_dir, "--device", "cpu", "--epochs", "1", "--train-limit", "1500",
+            "--val-size", "300", "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "speedup-cpu.json").read_text())
+    assert {row["role"] for row in res["rows"]} == {"teacher", "distilled"}
+    assert all(row["speedup"] > 0 and row["before"]["test_errors"] >= 0 for row in res["rows"])

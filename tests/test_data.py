@@ -150,3 +150,19 @@ def test_gather_jittered_equals_per_image_slicing():
         dy, dx = shifts[:, b].tolist()
         assert torch.equal(out[b], padded[n, dy:dy + 7, dx:dx + 9])
     assert torch.equal(gather_jittered(pad_for_jitter(x, 0), idx, 0), x[idx])
+
+
+def test_gather_jittered_shift_codes_name_the_view_drawn():
+    from darkknowledge.data import gather_jittered, jittered_views, pad_for_jitter
+
+    x = torch.rand(40, 7, 9, generator=torch.Generator().manual_seed(1))
+    k = 2
+    views = dict(jittered_views(x, k))
+    assert sorted(views) == list(range(25)) and torch.equal(views[2 * 5 + 2], x)  # code (k, k): no shift
+    idx = torch.arange(40)
+    out, code = gather_jittered(pad_for_jitter(x, k), idx, k, torch.Generator().manual_seed(5), return_shift=True)
+    assert len(set(code.tolist())) > 10
+    for b in range(40):
+        assert torch.equal(out[b], views[int(code[b])][b])
+    flat, zero = gather_jittered(x.flatten(1), idx[:3], 0, return_shift=True)  # flat features, no jitter
+    assert torch.equal(flat, x.flatten(1)[:3]) and zero.tolist() == [0, 0, 0]

@@ -19,8 +19,8 @@ SMOKE = ["reproduce", "mnist", "--scale", "smoke", "--device", "cpu", "--no-prog
 
 def numbers(res):
     """Everything measured in a results.json, without timings."""
-    return ({r["experiment"]: r["values"] for r in res["rows"]}, res["sweep"], res["logit_matching"],
-            res["bias_offsets"])
+    return ({r["experiment"]: r["values"] for r in res["rows"] + res["beyond_paper_rows"]}, res["sweep"],
+            res["logit_matching"], res["bias_offsets"])
 
 
 def _stages_done(path):
@@ -51,13 +51,16 @@ def test_results_contract(reference):
     assert rows["omit3_errors_on_3"]["mean"] <= rows["omit3"]["mean"]  # errors on 3s are part of all errors
     assert len(res["bias_offsets"]["omit3"]["validation_fitted"]) == 1
     assert {s["width"] for s in res["sweep"]} == {30} and len(res["logit_matching"]) == 2
-    assert res["stages_done"] == res["stages_total"] == len(res["stages"]) == 9
+    assert res["stages_done"] == res["stages_total"] == len(res["stages"]) == 10
     assert "| teacher | test_errors | 67 |" in (out / "results.md").read_text()
     for png in ("sweep.png", "bias_fix.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert "only78_bias_fixed" in r.stdout and "9/9 stages done" in r.stdout
+    assert "only78_bias_fixed" in r.stdout and "10/10 stages done" in r.stdout
     assert (out / "teachers" / "seed0" / "model.safetensors").is_file()
-    assert len(list((out / "stages").glob("*.json"))) == 9
+    assert len(list((out / "stages").glob("*.json"))) == 10
+    beyond = res["beyond_paper_rows"]
+    assert [b["experiment"] for b in beyond] == ["distilled_jittered_transfer"] and beyond[0]["status"] == "done"
+    assert beyond[0]["compared_with"] == "distilled" and "Beyond the paper" in (out / "results.md").read_text()
 
 
 def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
@@ -72,7 +75,7 @@ def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     partial = json.loads((out / "results.json").read_text())  # written after each stage: never lost
-    assert 3 <= partial["stages_done"] < 9
+    assert 3 <= partial["stages_done"] < 10
     assert {r["status"] for r in partial["rows"]} <= {"done", "pending"}
 
     again = run_dk(*SMOKE, "--data-dir", mnist_dir, "--out", out)

@@ -172,3 +172,61 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(digits):
     assert hist[-1]["test_errors"] < 200 and all(p.dtype == torch.float32 for p in model.parameters())
     with pytest.raises(DKError, match="unknown precision 'fp8'"):
         replace(FAST, precision="fp8")
+
+
+def test_jittered_views_pair_each_drawn_image_with_its_own_target(digits):
+    """fit hands the objective row n * views + code for the view it drew: a spy checks every batch."""
+    from darkknowledge.data import jittered_views
+
+    x = digits.x_train
+    views = dict(jittered_views(x, 1))
+    seen = []
+
+    class Spy:  # the hard-label loss over labels repeated per view, recording the rows it is asked for
+        views = 9
+
+        def __init__(self):
+            self.inner, self.rows = HardLabels(digits.y_train.repeat_interleave(9)), []
+
+        def to(self, device):
+            return self
+
+        def __call__(self, logits, idx):
+            self.rows.append(idx.clone())
+            return self.inner(logits, idx)
+
+    spy = Spy()
+    cfg = replace(FAST, epochs=1, jitter=1, fused=False, precision="fp32")
+    model = new_model(cfg, 64, 10)
+    forward = model.forward
+
+    def checking_forward(xb):
+        seen.append(xb.detach().clone())
+        return forward(xb)
+
+    model.forward = checking_forward
+    fit(model, x, spy, cfg, progress=False)
+    rows, seen = spy.rows, seen[1:]  # fit's first forward only sizes the output
+    assert len(rows) == len(seen) > 0
+    for xb, idx in zip(seen, rows):
+        n, code = idx // 9, idx % 9
+        for b in range(len(idx)):
+            assert torch.equal(xb[b].reshape(8, 8), views[int(code[b])][int(n[b])])
+    cfg_bad = replace(cfg, jitter=2)
+    with pytest.raises(DKError, match="targets for 9 jittered views, but jitter 2 draws 25"):
+        fit(new_model(cfg_bad, 64, 10), x, spy, cfg_bad, progress=False)
+
+
+def test_distilling_on_jittered_views_trains(digits):
+    from darkknowledge.config import TransferConfig
+    from darkknowledge.teachers import Teacher
+    from darkknowledge.workflows import distill
+
+    tcfg = replace(FAST, epochs=10)
+    teacher = new_model(tcfg, 64, 10)
+    fit(teacher, digits.x_train, HardLabels(digits.y_train), tcfg, progress=False)
+    cfg = replace(FAST, epochs=30, grad_clip=5.0)
+    r = distill("jv", digits, Teacher([teacher]), cfg, DistillConfig(temperature=4.0, hard_weight=0.1),
+                TransferConfig(jitter_views=1), progress=False)
+    # A 2x30 net on 9 translations of 8x8 digits from a 10-epoch teacher (~130 errors): far from chance (~810).
+    assert r.history[-1]["test_errors"] < 250 and r.transfer_size == len(digits.x_train)

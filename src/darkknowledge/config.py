@@ -101,8 +101,12 @@ class TransferConfig:
     only_classes: tuple[int, ...] = _help("keep only these classes in the transfer set (paper: 7 8)", ())
     fraction: float = _help("random fraction of the transfer set kept (paper section 6: 0.03)", 1.0)
     unlabelled: bool = _help("drop the true labels: learn from soft targets alone", False)
+    jitter_views: int = _help("beyond the paper: translate transfer images by up to this many pixels, with the "
+                              "teacher's soft targets computed on every translated view (0: the paper's plain "
+                              "transfer set)", 0)
 
     def __post_init__(self) -> None:
+        _non_negative(self, "jitter_views")
         if not 0 < self.fraction <= 1:
             raise DKError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.omit_classes and self.only_classes:

@@ -200,16 +200,19 @@ def pad_for_jitter(x: torch.Tensor, max_shift: int) -> torch.Tensor:
 
 
 def gather_jittered(padded: torch.Tensor, idx: torch.Tensor, max_shift: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, return_shift: bool = False):
     """Images ``idx`` of a ``pad_for_jitter`` tensor, each translated by an independent random
     (dy, dx) in [-k, k]^2 with zero fill: ``[B, H, W]`` from ``[N, H + 2k, W + 2k]``.
 
     One flat ``index_select`` on the padded tensor's device: no per-example Python loop, no host round
-    trip, and on a CPU several times cheaper than gathering with advanced indexing.
+    trip, and on a CPU several times cheaper than gathering with advanced indexing. With
+    ``return_shift``, also each image's translation as one code ``dy * (2k + 1) + dx`` (dy, dx in
+    0..2k index the padded image, so code (k, k) is the untranslated view).
     """
     k = max_shift
     if k <= 0:  # any shape: flat feature vectors too
-        return padded.index_select(0, idx)
+        out = padded.index_select(0, idx)
+        return (out, torch.zeros_like(idx)) if return_shift else out
     n, ph, pw = padded.shape
     h, w = ph - 2 * k, pw - 2 * k
     dev = padded.device
@@ -217,7 +220,18 @@ def gather_jittered(padded: torch.Tensor, idx: torch.Tensor, max_shift: int,
     # Flat index of output pixel (i, j) of image n: n * ph * pw + (i + dy_n) * pw + (j + dx_n).
     start = idx * (ph * pw) + shifts[0] * pw + shifts[1]  # [B]
     pixel = (torch.arange(h, device=dev)[:, None] * pw + torch.arange(w, device=dev)).reshape(-1)  # [H * W]
-    return padded.reshape(-1).index_select(0, (start[:, None] + pixel).reshape(-1)).view(len(idx), h, w)
+    out = padded.reshape(-1).index_select(0, (start[:, None] + pixel).reshape(-1)).view(len(idx), h, w)
+    return (out, shifts[0] * (2 * k + 1) + shifts[1]) if return_shift else out
+
+
+def jittered_views(x: torch.Tensor, max_shift: int):
+    """Yield ``(code, view)``: every translation of the images ``[N, H, W]`` that ``gather_jittered`` can
+    draw, each view ``[N, H, W]`` with its shift code (zero fill)."""
+    k, (h, w) = max_shift, x.shape[1:]
+    padded = pad_for_jitter(x, k)
+    for dy in range(2 * k + 1):
+        for dx in range(2 * k + 1):
+            yield dy * (2 * k + 1) + dx, padded[:, dy:dy + h, dx:dx + w].contiguous()
 
 
 def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:

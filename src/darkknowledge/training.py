@@ -87,12 +87,15 @@ class HardLabels:
 class SoftTargets:
     """The distillation objective (paper section 2) against precomputed teacher soft targets."""
 
-    targets: torch.Tensor  # [N, C] teacher probabilities at config.temperature
-    labels: torch.Tensor  # [N], -1 where unlabelled
+    targets: torch.Tensor  # [N, C] teacher probabilities at config.temperature; [N * views, C] with views
+    labels: torch.Tensor  # [N], -1 where unlabelled; repeated per view like the targets
     config: DistillConfig
+    # > 1: one target per jittered view of each example, row n * views + code, where code = dy * (2k + 1) + dx
+    # is the translation ``fit`` drew for it (``data.gather_jittered``); ``views`` must be (2 * jitter + 1)^2.
+    views: int = 1
 
     def to(self, device: torch.device) -> "SoftTargets":
-        return SoftTargets(self.targets.to(device), self.labels.to(device), self.config)
+        return SoftTargets(self.targets.to(device), self.labels.to(device), self.config, self.views)
 
     def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -298,6 +301,10 @@ def fit(
 
         def grad_norm():
             return step.state["grad_norm"]
+    views = getattr(objective, "views", 1)
+    if views > 1 and views != (2 * cfg.jitter + 1) ** 2:
+        raise DKError(f"the objective has targets for {views} jittered views, but jitter {cfg.jitter} draws "
+                      f"{(2 * cfg.jitter + 1) ** 2}")
     source = pad_for_jitter(x, cfg.jitter)  # padded once: a batch is then one index_select, jittered or not
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -317,7 +324,11 @@ def fit(
         clipped = torch.zeros((), device=device)
         for i, step_index in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
             idx = perm[i * bs:(i + 1) * bs]
-            xb = gather_jittered(source, idx, cfg.jitter, gen)
+            if views > 1:  # the objective's row for each example is the view it was drawn in
+                xb, code = gather_jittered(source, idx, cfg.jitter, gen, return_shift=True)
+                idx = idx * views + code
+            else:
+                xb = gather_jittered(source, idx, cfg.jitter, gen)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step_index, steps_per_epoch)
             loss = step(xb, idx, gen)

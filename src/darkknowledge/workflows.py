@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
-from darkknowledge.data import Dataset, drop_classes, drop_labels, keep_classes, keep_fraction
+from darkknowledge.data import Dataset, drop_classes, drop_labels, jittered_views, keep_classes, keep_fraction
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import evaluate
 from darkknowledge.teachers import Teacher
@@ -96,10 +96,22 @@ def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: 
     """
     check_teacher_fits(teacher, data)
     x, y = transfer if transfer is not None else transfer_set(data, tcfg, cfg.seed)
-    targets = teacher.soft_targets(x.to(resolve_device(cfg.device)), dcfg.temperature)
+    device = resolve_device(cfg.device)
+    if tcfg.jitter_views:  # beyond the paper: the student sees translated views, each with its own targets
+        k = tcfg.jitter_views
+        if x.dim() != 3:
+            raise DKError(f"jitter_views needs images [N, H, W]; the transfer set is {tuple(x.shape)}")
+        views = (2 * k + 1) ** 2
+        targets = torch.empty(len(x), views, data.num_classes, device=device)
+        for code, view in jittered_views(x.to(device), k):
+            targets[:, code] = teacher.soft_targets(view, dcfg.temperature)
+        objective = SoftTargets(targets.flatten(0, 1), y.to(device).repeat_interleave(views), dcfg, views)
+        cfg = replace(cfg, jitter=k)
+    else:
+        objective = SoftTargets(teacher.soft_targets(x.to(device), dcfg.temperature), y, dcfg)
     meta = {"distill_config": dataclasses.asdict(dcfg), "transfer_config": dataclasses.asdict(tcfg),
             "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine, **(meta or {})}
-    return fit_and_evaluate(name, data, x, SoftTargets(targets, y, dcfg), cfg, out, resume, progress, meta)
+    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta)
 
 
 def match_logits(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, x: torch.Tensor,

@@ -97,7 +97,11 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
             records[name] = {"status": PENDING}
     total = sum(s.cost for s in stages)
     bar = tqdm(total=total, disable=not progress, unit="", position=0, dynamic_ncols=True,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]", mininterval=1.0)
+               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}", mininterval=1.0)
+
+    def show_running(names: list[str]) -> None:
+        bar.set_postfix_str("running " + ", ".join(names) if names else "", refresh=False)
+        bar.refresh()
 
     def done_count() -> int:
         return sum(r["status"] != PENDING for r in records.values())
@@ -133,6 +137,7 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
                     finish(stage, {"status": FAILED, "error": reason, "seconds": 0.0})
                     continue
                 t0 = time.perf_counter()
+                show_running([stage.name])
                 try:
                     result = execute(stage)
                 except (KeyboardInterrupt, SystemExit):
@@ -142,13 +147,13 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
                 else:
                     finish(stage, {"status": DONE, "result": result, "seconds": time.perf_counter() - t0})
         else:
-            _run_parallel(todo, execute, records, workers, blocked, finish)
+            _run_parallel(todo, execute, records, workers, blocked, finish, show_running)
     finally:
         bar.close()
     return records
 
 
-def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, finish) -> None:
+def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, finish, show_running) -> None:
     """Submit each stage once its dependencies are done; record results as they arrive."""
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -165,11 +170,13 @@ def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, fi
                 elif all(records[d]["status"] == DONE for d in stage.deps) and len(running) < workers:
                     waiting.remove(stage)
                     running[pool.submit(execute, stage)] = (stage, time.perf_counter())
+            show_running([s.name for s, _ in running.values()])
             if not running:
                 if waiting:  # nothing runs and nothing can start: the dependencies form a cycle
                     raise ValueError(f"stages {[s.name for s in waiting]} wait on each other")
                 continue
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            finished, _ = cf.wait(running, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            show_running([s.name for s, _ in running.values()])  # and the elapsed time ticks on
             for fut in finished:
                 stage, t0 = running.pop(fut)
                 try:
