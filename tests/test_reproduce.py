@@ -87,8 +87,8 @@ def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
 
 
 def test_a_failing_stage_is_recorded_and_the_others_still_run(mnist_dir, tmp_path, monkeypatch, capsys):
-    # A distilled student that diverges: its stages fail with the divergence message; the rest finish.
-    monkeypatch.setattr(mnist, "DISTILLED", replace(mnist.DISTILLED, lr=1e9, warmup_epochs=0.0))
+    # A distilled student that diverges (unclipped, absurd lr): its stages fail with the divergence message; the rest finish.
+    monkeypatch.setattr(mnist, "DISTILLED", replace(mnist.DISTILLED, lr=1e9, warmup_epochs=0.0, grad_clip=0.0))
     out = tmp_path / "fail"
     code = cli.main([*SMOKE, "--data-dir", str(mnist_dir), "--out", str(out)])
     captured = capsys.readouterr()
