@@ -1,6 +1,7 @@
 """The training step against its own matmul floor, per MLP of the MNIST table and per precision.
 
     python benchmarks/roofline.py [--device cpu] [--batch-sizes 128 256] [--rounds 5] [--steps 60]
+    python benchmarks/roofline.py --profile mlp-1200x2 --batch-sizes 256    # torch.profiler's operator table
 
 For each net (the 2x1200 teacher with its dropout, max-norm and 2-pixel jitter; the 2x800, 2x300 and
 2x30 students) and each precision (fp32; bf16 where the device has it), alternating in every round:
@@ -76,6 +77,19 @@ def step_seconds(arch: str, batch: int, precision: str, fused: bool, steps: int,
     return hist[0]["seconds"] / steps
 
 
+def profile(arch: str, batch: int, precision: str, steps: int, device: torch.device) -> None:
+    """Where a fused training step's time goes, operator by operator (the view that shaped fused.py)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step_seconds(arch, batch, precision, True, steps, device)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        seconds = step_seconds(arch, batch, precision, True, steps, device)
+    print(f"{arch} batch {batch} {precision}: {1e3 * seconds:.3f} ms per step over {steps} steps")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -85,8 +99,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="steps timed per round and path")
     ap.add_argument("--no-autograd", action="store_true", help="skip the autograd path")
     ap.add_argument("--out-dir", help="where the JSON goes (default: benchmarks/results/)")
+    ap.add_argument("--profile", metavar="ARCH", help="instead: print torch.profiler's table of this net's fused "
+                                                    "training step (bf16 where available, batch --batch-sizes[0])")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.profile:
+        return profile(args.profile, args.batch_sizes[0], resolve_precision("auto", device), args.steps, device)
     precisions = ["fp32"] + (["bf16"] if resolve_precision("auto", device) == "bf16" else [])
     env = environment(device)
     env["matmul_gflops"] = {p: round(matmul_throughput(torch.bfloat16 if p == "bf16" else torch.float32, device), 1)

@@ -82,3 +82,13 @@ def test_speedup_benchmark(mnist_dir, tmp_path):
     res = json.loads((tmp_path / "speedup-cpu.json").read_text())
     assert {row["role"] for row in res["rows"]} == {"teacher", "distilled"}
     assert all(row["speedup"] > 0 and row["before"]["test_errors"] >= 0 for row in res["rows"])
+
+
+def test_precision_benchmark(mnist_dir, tmp_path):
+    r = run("precision.py", "--data-dir", mnist_dir, "--device", "cpu", "--seeds", "2", "--teacher-epochs", "1",
+            "--student-epochs", "1", "--train-limit", "1500", "--val-size", "300", "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "precision-cpu.json").read_text())
+    assert {(row["role"], row["precision"]) for row in res["rows"]} == {
+        (role, p) for role in ("teacher", "distilled") for p in ("fp32", "bf16")}
+    assert len(res["rows"]) == 8 and "test_difference_bf16_minus_fp32" in res["summary"]["distilled"]
