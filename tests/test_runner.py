@@ -5,7 +5,9 @@ import json
 import pytest
 
 from darkknowledge import DKError
-from darkknowledge.experiments.runner import Stage, read_records, run_stages
+import time
+
+from darkknowledge.experiments.runner import Stage, critical_path, read_records, run_stages
 
 STAGES = [Stage("a", "ok"), Stage("b", "boom", deps=("a",)), Stage("c", "ok", deps=("b",)),
           Stage("d", "ok", deps=("a",)), Stage("e", "crash")]
@@ -64,8 +66,28 @@ def test_parallel_workers_record_the_same_outcomes(tmp_path):
     assert {k: v["status"] for k, v in records.items()} == {"a": "done", "b": "failed", "c": "failed", "d": "done"}
 
 
+def _timed_execute(stage):
+    start = time.time()
+    time.sleep(0.4)
+    return {"start": start}
+
+
+def test_the_longest_dependency_chain_starts_first(tmp_path):
+    # Listed last, the expensive chain (big, then child) would start only after both small stages
+    # and then run alone; started first, the small stages fill the other worker beside it.
+    stages = [Stage("small1", "ok"), Stage("small2", "ok"), Stage("big", "ok", cost=5.0),
+              Stage("child", "ok", deps=("big",), cost=5.0)]
+    assert critical_path(stages) == {"small1": 1.0, "small2": 1.0, "big": 10.0, "child": 5.0}
+    records = run_stages(stages, _timed_execute, tmp_path, report=lambda r: None, workers=2, progress=False,
+                         log=lambda m: None)
+    start = {k: v["result"]["start"] for k, v in records.items()}
+    assert start["big"] < start["small2"] and start["small1"] < start["small2"]
+
+
 def test_bad_stage_lists_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         run_stages([Stage("a", "ok"), Stage("a", "ok")], execute, tmp_path, report=lambda r: None, progress=False)
     with pytest.raises(ValueError, match="unknown stages"):
         run_stages([Stage("a", "ok", deps=("z",))], execute, tmp_path, report=lambda r: None, progress=False)
+    with pytest.raises(ValueError, match="wait on each other"):
+        critical_path([Stage("a", "ok", deps=("b",)), Stage("b", "ok", deps=("a",))])

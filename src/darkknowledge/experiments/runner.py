@@ -153,12 +153,39 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
     return records
 
 
+def critical_path(stages: list[Stage]) -> dict[str, float]:
+    """Each stage's cost plus the costliest chain of stages that wait on it (directly or not).
+
+    Starting the stage with the longest such chain first keeps a long dependency chain (a teacher,
+    then its students) from being started last and running alone while the other workers idle.
+    """
+    dependants: dict[str, list[str]] = {s.name: [] for s in stages}
+    for s in stages:
+        for d in s.deps:
+            if d in dependants:  # a dependency outside ``stages`` is already done
+                dependants[d].append(s.name)
+    cost = {s.name: s.cost for s in stages}
+    path: dict[str, float] = {}
+
+    def visit(name: str, seen: tuple[str, ...] = ()) -> float:
+        if name in seen:
+            raise ValueError(f"stages {list(seen)} wait on each other")
+        if name not in path:
+            path[name] = cost[name] + max((visit(d, seen + (name,)) for d in dependants[name]), default=0.0)
+        return path[name]
+
+    for s in stages:
+        visit(s.name)
+    return path
+
+
 def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, finish, show_running) -> None:
-    """Submit each stage once its dependencies are done; record results as they arrive."""
+    """Submit each ready stage, longest critical path first; record results as they arrive."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    waiting = list(todo)
+    path = critical_path(todo)
+    waiting = sorted(todo, key=lambda s: -path[s.name])  # stable: ties keep the experiment's order
     running: dict[cf.Future, tuple[Stage, float]] = {}
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         while waiting or running:
