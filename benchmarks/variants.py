@@ -4,8 +4,10 @@
 
 Variants (train and test transformed alike, labels kept unless the variant says otherwise):
 
-- ``inverted``: 255 - pixel; white background, so the mean input is ~0.87 instead of ~0.13 and the first
-  layer's activations (and the curvature a soft-target regression sees) are several times larger.
+- ``inverted``: 255 - pixel; white background, so the mean input is ~0.87 instead of ~0.13. Fed as it
+  is, the first layer's activations (and the curvature a soft-target regression sees) are several times
+  larger and input dropout drops background pixels; the MLP's input shift (its background level, set by
+  ``fit``) and jitter padded with the background remove that difference.
 - ``rotated``: every image rotated by a seeded random angle in [-45, 45] degrees and shifted by up to 3
   pixels: harder, so the teacher is less confident and its soft targets carry more mass off the top class.
 - ``remapped``: ``rotated`` images with the labels permuted by a fixed derangement, so nothing keyed to

@@ -1,7 +1,9 @@
+import hashlib
 import json
 
 import pytest
 import torch
+from safetensors.torch import save as st_save
 
 from darkknowledge import DKError, build_model
 from darkknowledge.checkpoint import load_checkpoint, read_meta, save_checkpoint
@@ -20,6 +22,23 @@ def test_roundtrip_keeps_weights_and_extra(tmp_path):
     assert m["note"] == "x" and torch.equal(extra["optim.0.momentum_buffer"], torch.ones(3))
     assert load_checkpoint(tmp_path / "ck" / "model.json")[1]["arch"] == "mlp-30x2"  # file path accepted too
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model.json", "model.safetensors"]  # no temp files
+
+
+def test_input_shift_is_saved_and_old_checkpoints_load_without_one(tmp_path):
+    model = build_model("mlp-30x2", 64, 10)
+    model.input_shift.fill_(1.0)
+    save_checkpoint(tmp_path / "ck", model, meta())
+    loaded = load_checkpoint(tmp_path / "ck")[0]
+    assert float(loaded.input_shift) == 1.0
+    x = torch.rand(5, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+    # Written before MLPs had the buffer: loads with shift 0, i.e. as it was trained.
+    old = {k: v for k, v in model.state_dict().items() if k != "input_shift"}
+    blob = st_save(old)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.safetensors").write_bytes(blob)
+    (tmp_path / "old" / "model.json").write_text(json.dumps({**meta(), "weights_sha256": hashlib.sha256(blob).hexdigest()}))
+    assert float(load_checkpoint(tmp_path / "old")[0].input_shift) == 0.0
 
 
 def test_checkpoint_of_another_architecture(tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 from darkknowledge import DKError
 from darkknowledge.data import (
+    background_value,
     drop_classes,
     drop_labels,
     jitter,
@@ -133,6 +134,18 @@ def test_jitter_zero_fills_what_enters():
     x = torch.ones(50, 6, 6)
     out = jitter(x, 1, torch.Generator().manual_seed(0))
     assert out.min() == 0 and out.max() == 1 and (out.sum((1, 2)) >= 25).all()
+    filled = jitter(torch.zeros(50, 6, 6), 1, torch.Generator().manual_seed(0), value=0.75)
+    assert set(filled.unique().tolist()) == {0.0, 0.75}  # what enters is the given background
+
+
+def test_background_value_is_the_dominant_pixel_value():
+    digits = load_digits()
+    assert background_value(digits.x_train) == 0.0
+    assert background_value(1 - digits.x_train) == 1.0
+    assert background_value(0.5 + 0.5 * digits.x_train) == 0.5
+    noise = torch.rand(100, 8, 8)  # no value dominates: no background
+    assert background_value(noise) == 0.0
+    assert background_value(torch.empty(0, 8, 8)) == 0.0
 
 
 def test_gather_jittered_equals_per_image_slicing():

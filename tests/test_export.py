@@ -21,6 +21,19 @@ def test_export_matches_pytorch(tmp_path):
     assert got.shape == (33, 10) and np.abs(got - want).max() < 1e-4
 
 
+def test_export_keeps_the_input_shift(tmp_path):
+    from darkknowledge.checkpoint import save_checkpoint
+    from darkknowledge.models import build_model
+
+    model = build_model("mlp-30x2", 64, 10)
+    model.input_shift.fill_(1.0)
+    save_checkpoint(tmp_path / "s", model, {"arch": "mlp-30x2", "in_features": 64, "num_classes": 10})
+    assert run_dk("export", "--checkpoint", tmp_path / "s", "--out", tmp_path / "s.onnx").returncode == 0
+    x = torch.rand(7, 8, 8)
+    got = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - model.eval()(x).detach().numpy()).max() < 1e-4
+
+
 def test_export_of_missing_checkpoint(tmp_path):
     r = run_dk("export", "--checkpoint", tmp_path / "none", "--out", tmp_path / "x.onnx")
     assert r.returncode == 2 and "no checkpoint" in r.stderr and not (tmp_path / "x.onnx").exists()

@@ -121,6 +121,28 @@ def test_fused_step_gradients_equal_autograd_with_the_same_masks(dtype, tol, mon
     assert torch.isfinite(loss)
 
 
+def test_fused_step_subtracts_the_input_shift(monkeypatch):
+    torch.manual_seed(0)
+    model = MLP(64, (48, 32), 10)
+    model.input_shift.fill_(0.5)
+    x, y = torch.rand(20, 8, 8), torch.randint(0, 10, (20,))
+    opt = make_sgd(model.parameters(), TrainConfig(lr=1.0), CPU)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    step = FusedMLPStep(model, opt, torch.float32)
+    obj = HardLabels(y)
+    step(x, lambda z: obj.loss_and_grad(z, torch.arange(20)), torch.Generator().manual_seed(0))
+    fused = {k: v.grad.clone() for k, v in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()  # forward subtracts the shift too
+    for name, p in model.named_parameters():
+        assert torch.allclose(fused[name], p.grad, rtol=1e-4, atol=1e-6), name
+    model.zero_grad()
+    model.input_shift.zero_()
+    F.cross_entropy(model(x), y).backward()
+    assert not torch.allclose(fused["net.1.weight"], model.net[1].weight.grad, rtol=1e-2)  # the shift mattered
+
+
 @pytest.mark.parametrize("p", [0.5, 0.2, 0.1])
 def test_dropout_mask_keeps_units_at_the_stated_rate(p):
     mask = DropoutMask(p, torch.bfloat16)

@@ -114,6 +114,8 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None,
     model = build_model(meta["arch"], int(meta["in_features"]), int(meta["num_classes"]))
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
     extra = {k: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
+    if "input_shift" in model.state_dict() and "input_shift" not in weights:
+        weights["input_shift"] = torch.zeros(())  # saved before MLPs had an input shift: they had none
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:

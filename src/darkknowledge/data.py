@@ -191,18 +191,36 @@ def split_validation(x: torch.Tensor, y: torch.Tensor, size: int, seed: int = 0)
     return x[rest], y[rest], x[val], y[val]
 
 
-# ---- augmentation ------------------------------------------------------------------------------------
+# ---- background and augmentation ---------------------------------------------------------------------
 
-def pad_for_jitter(x: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Zero-pad images ``[N, H, W]`` by ``max_shift`` on every side, once, for ``gather_jittered``."""
+def background_value(x: torch.Tensor, min_share: float = 0.25, sample: int = 1000) -> float:
+    """The images' background level: their most common pixel value if at least ``min_share`` of the
+    pixels hold it, else 0.
+
+    MNIST's background is 0 (about 80% of its pixels); inverted digits have a background of 1. An MLP
+    subtracts this value from its input (``MLP.calibrate_input``) and jitter pads with it, so a data set
+    whose background is not 0 trains like one whose background is. Read from up to ``sample`` images
+    spread evenly over ``x``.
+    """
+    if x.numel() == 0:
+        return 0.0
+    step = max(1, len(x) // sample)
+    values, counts = torch.unique(x[::step].detach().reshape(-1).float().cpu(), return_counts=True)
+    top = int(counts.argmax())
+    return float(values[top]) if counts[top] >= min_share * counts.sum() else 0.0
+
+
+def pad_for_jitter(x: torch.Tensor, max_shift: int, value: float = 0.0) -> torch.Tensor:
+    """Pad images ``[N, H, W]`` by ``max_shift`` on every side with ``value`` (the background), once,
+    for ``gather_jittered``."""
     k = max_shift
-    return torch.nn.functional.pad(x, (k, k, k, k)) if k > 0 else x
+    return torch.nn.functional.pad(x, (k, k, k, k), value=value) if k > 0 else x
 
 
 def gather_jittered(padded: torch.Tensor, idx: torch.Tensor, max_shift: int,
                     generator: torch.Generator | None = None, return_shift: bool = False):
     """Images ``idx`` of a ``pad_for_jitter`` tensor, each translated by an independent random
-    (dy, dx) in [-k, k]^2 with zero fill: ``[B, H, W]`` from ``[N, H + 2k, W + 2k]``.
+    (dy, dx) in [-k, k]^2, filled with the padding: ``[B, H, W]`` from ``[N, H + 2k, W + 2k]``.
 
     One flat ``index_select`` on the padded tensor's device: no per-example Python loop, no host round
     trip, and on a CPU several times cheaper than gathering with advanced indexing. With
@@ -224,22 +242,23 @@ def gather_jittered(padded: torch.Tensor, idx: torch.Tensor, max_shift: int,
     return (out, shifts[0] * (2 * k + 1) + shifts[1]) if return_shift else out
 
 
-def jittered_views(x: torch.Tensor, max_shift: int):
+def jittered_views(x: torch.Tensor, max_shift: int, value: float = 0.0):
     """Yield ``(code, view)``: every translation of the images ``[N, H, W]`` that ``gather_jittered`` can
-    draw, each view ``[N, H, W]`` with its shift code (zero fill)."""
+    draw, each view ``[N, H, W]`` with its shift code (filled with ``value``)."""
     k, (h, w) = max_shift, x.shape[1:]
-    padded = pad_for_jitter(x, k)
+    padded = pad_for_jitter(x, k, value)
     for dy in range(2 * k + 1):
         for dx in range(2 * k + 1):
             yield dy * (2 * k + 1) + dx, padded[:, dy:dy + h, dx:dx + w].contiguous()
 
 
-def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Translate each image ``[B, H, W]`` by an independent random (dy, dx) in [-k, k]^2, zero-filled.
+def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None,
+           value: float = 0.0) -> torch.Tensor:
+    """Translate each image ``[B, H, W]`` by an independent random (dy, dx) in [-k, k]^2, filled with ``value``.
 
     The paper's MNIST teacher saw inputs jittered by up to 2 pixels (section 3). Training pads the
     whole resident data set once and calls ``gather_jittered`` per batch instead.
     """
     if max_shift <= 0:
         return x
-    return gather_jittered(pad_for_jitter(x, max_shift), torch.arange(len(x), device=x.device), max_shift, generator)
+    return gather_jittered(pad_for_jitter(x, max_shift, value), torch.arange(len(x), device=x.device), max_shift, generator)

@@ -100,6 +100,8 @@ class FusedMLPStep:
             p.grad = torch.zeros_like(p)  # written in place by every step
         self.low = [p.detach().to(dtype) for p in self.params] if dtype != torch.float32 else None
         self.last_grad_norm: torch.Tensor | None = None
+        # Read once: fit sets the model's input shift (or loads it) before building the step.
+        self.shift = float(model.input_shift)
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -120,7 +122,8 @@ class FusedMLPStep:
     def __call__(self, x: torch.Tensor, loss_and_grad: LossAndGrad, generator: torch.Generator) -> torch.Tensor:
         """Forward, backward and update on the batch ``x [B, ...]``; returns the (fp32, 0-dim) loss."""
         dt, device, n_layers = self.dtype, x.device, len(self.linears)
-        h = x.reshape(len(x), -1).to(dt)
+        h = x.reshape(len(x), -1)
+        h = (h.float() - self.shift).to(dt) if self.shift else h.to(dt)
         inputs = []
         for i in range(n_layers):
             drop = self.dropout[i]

@@ -17,7 +17,12 @@ from darkknowledge.errors import DKError
 
 
 class MLP(nn.Module):
-    """Flatten -> [dropout -> linear -> ReLU] x len(hidden) -> dropout -> linear.
+    """Flatten -> subtract the input shift -> [dropout -> linear -> ReLU] x len(hidden) -> dropout -> linear.
+
+    The input shift (a buffer, saved with the weights) is the data's background level, set by
+    ``calibrate_input`` before training: 0 for MNIST, whose numerics it leaves untouched; 1 for
+    inverted digits, which then reach the first layer with a background of 0, as MNIST does, instead
+    of feeding 784 ones through input dropout into every unit.
 
     Args:
         in_features: input size after flattening (784 for MNIST, 64 for 8x8 digits).
@@ -52,10 +57,18 @@ class MLP(nn.Module):
             layers.append(nn.Dropout(hidden_dropout))
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        self.register_buffer("input_shift", torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, ...] -> [B, num_classes]`` logits."""
-        return self.net(x)
+        return self.net(x - self.input_shift)
+
+    @torch.no_grad()
+    def calibrate_input(self, x: torch.Tensor) -> None:
+        """Set the input shift to the background level of the training inputs ``x`` (``data.background_value``)."""
+        from darkknowledge.data import background_value
+
+        self.input_shift.fill_(background_value(x))
 
     @property
     def linears(self) -> list[nn.Linear]:

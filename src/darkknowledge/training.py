@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from darkknowledge.checkpoint import OPTIM_PREFIX, load_checkpoint, save_checkpoint
 from darkknowledge.config import DistillConfig, TrainConfig
-from darkknowledge.data import gather_jittered, pad_for_jitter
+from darkknowledge.data import background_value, gather_jittered, pad_for_jitter
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits
 from darkknowledge.fused import FusedMLPStep
@@ -282,6 +282,8 @@ def fit(
         model.load_state_dict(saved.state_dict())
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
+    elif hasattr(model, "calibrate_input"):
+        model.calibrate_input(x)  # a fresh start: the input shift comes from the training inputs
 
     fused = cfg.fused and not cfg.compile and FusedMLPStep.supports(model)  # --compile asks for autograd
     if fused:
@@ -305,7 +307,8 @@ def fit(
     if views > 1 and views != (2 * cfg.jitter + 1) ** 2:
         raise DKError(f"the objective has targets for {views} jittered views, but jitter {cfg.jitter} draws "
                       f"{(2 * cfg.jitter + 1) ** 2}")
-    source = pad_for_jitter(x, cfg.jitter)  # padded once: a batch is then one index_select, jittered or not
+    # Padded once (with the background level): a batch is then one index_select, jittered or not.
+    source = pad_for_jitter(x, cfg.jitter, background_value(x) if cfg.jitter else 0.0)
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
-from darkknowledge.data import Dataset, drop_classes, drop_labels, jittered_views, keep_classes, keep_fraction
+from darkknowledge.data import (Dataset, background_value, drop_classes, drop_labels, jittered_views, keep_classes,
+                                keep_fraction)
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import evaluate
 from darkknowledge.teachers import Teacher
@@ -103,7 +104,8 @@ def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: 
             raise DKError(f"jitter_views needs images [N, H, W]; the transfer set is {tuple(x.shape)}")
         views = (2 * k + 1) ** 2
         targets = torch.empty(len(x), views, data.num_classes, device=device)
-        for code, view in jittered_views(x.to(device), k):
+        # The views fit will draw: padded with the same background level (data.background_value).
+        for code, view in jittered_views(x.to(device), k, background_value(x)):
             targets[:, code] = teacher.soft_targets(view, dcfg.temperature)
         objective = SoftTargets(targets.flatten(0, 1), y.to(device).repeat_interleave(views), dcfg, views)
         cfg = replace(cfg, jitter=k)
