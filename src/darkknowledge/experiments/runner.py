@@ -96,7 +96,11 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
         if rec["status"] != DONE:
             records[name] = {"status": PENDING}
     total = sum(s.cost for s in stages)
-    bar = tqdm(total=total, disable=not progress, unit="", position=0, dynamic_ncols=True,
+    already = [s for s in stages if records[s.name]["status"] == DONE]
+    # Stages done before a resume start the bar (``initial``) without counting towards its rate, so the
+    # time-left estimate is this run's pace, not inflated by work it did not do.
+    bar = tqdm(total=total, initial=sum(s.cost for s in already), disable=not progress, unit="", position=0,
+               dynamic_ncols=True,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}", mininterval=1.0)
 
     def show_running(names: list[str]) -> None:
@@ -122,9 +126,7 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
         bad = [d for d in stage.deps if records[d]["status"] == FAILED]
         return f"needs {', '.join(bad)}, which failed" if bad else None
 
-    already = [s for s in stages if records[s.name]["status"] == DONE]
     if already:
-        bar.update(sum(s.cost for s in already))
         log(f"resuming: {len(already)} of {len(stages)} stages already done")
     refresh_bar()
     report(records)
