@@ -64,11 +64,9 @@ class MLP(nn.Module):
         return self.net(x - self.input_shift)
 
     @torch.no_grad()
-    def calibrate_input(self, x: torch.Tensor) -> None:
-        """Set the input shift to the background level of the training inputs ``x`` (``data.background_value``)."""
-        from darkknowledge.data import background_value
-
-        self.input_shift.fill_(background_value(x))
+    def calibrate_input(self, background: float) -> None:
+        """Set the input shift to the training inputs' background level (``data.background_value``)."""
+        self.input_shift.fill_(background)
 
     @property
     def linears(self) -> list[nn.Linear]:

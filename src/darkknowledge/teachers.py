@@ -25,9 +25,9 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     """SHA-256 over the shapes, dtypes and bytes of ``tensors``."""
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous().reshape(-1) if t.dim() == 0 else t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()
 
 

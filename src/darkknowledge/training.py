@@ -268,6 +268,7 @@ def fit(
     train_cfg["precision"] = precision  # as resolved: "auto" may mean another thing on another machine
     history: list[dict[str, Any]] = []
     start = 0
+    background = background_value(x)  # the input shift of a fresh MLP and the fill of jittered views
     if resume and checkpoint is not None and (Path(checkpoint) / "model.json").is_file():
         saved, saved_meta, extra = load_checkpoint(checkpoint, expected_arch=cfg.arch)
         saved_cfg = {k: v for k, v in saved_meta.get("train_config", {}).items() if k not in _RESUME_FREE}
@@ -283,7 +284,7 @@ def fit(
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
     elif hasattr(model, "calibrate_input"):
-        model.calibrate_input(x)  # a fresh start: the input shift comes from the training inputs
+        model.calibrate_input(background)  # a fresh start: the input shift is the inputs' background
 
     fused = cfg.fused and not cfg.compile and FusedMLPStep.supports(model)  # --compile asks for autograd
     if fused:
@@ -308,7 +309,7 @@ def fit(
         raise DKError(f"the objective has targets for {views} jittered views, but jitter {cfg.jitter} draws "
                       f"{(2 * cfg.jitter + 1) ** 2}")
     # Padded once (with the background level): a batch is then one index_select, jittered or not.
-    source = pad_for_jitter(x, cfg.jitter, background_value(x) if cfg.jitter else 0.0)
+    source = pad_for_jitter(x, cfg.jitter, background)
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
