@@ -24,3 +24,13 @@ def run_dk(*args: str, cwd: Path | None = None, timeout: float = 300) -> subproc
     """Run the real entry point (``python -m darkknowledge``) as a user would."""
     return subprocess.run([sys.executable, "-m", "darkknowledge", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """Real CIFAR-10/100 from $DK_CIFAR_DIR (default: $DK_MNIST_DIR, where ``.ci/run`` lays out all three)."""
+    d = os.environ.get("DK_CIFAR_DIR") or os.environ.get("DK_MNIST_DIR")
+    if not d or not (Path(d) / "cifar-10-batches-py").is_dir():
+        pytest.skip("real CIFAR-10 not laid out: set DK_CIFAR_DIR to a directory made by "
+                    "`python ../shared/tools/datasets.py install DIR --only cifar10,cifar100` (.ci/run does this)")
+    return Path(d)

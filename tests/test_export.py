@@ -37,3 +37,19 @@ def test_export_keeps_the_input_shift(tmp_path):
 def test_export_of_missing_checkpoint(tmp_path):
     r = run_dk("export", "--checkpoint", tmp_path / "none", "--out", tmp_path / "x.onnx")
     assert r.returncode == 2 and "no checkpoint" in r.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_export_of_a_conv_net_keeps_its_normalisation(tmp_path):
+    from darkknowledge.checkpoint import save_checkpoint
+    from darkknowledge.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet-s-w4", (3, 32, 32), 10)
+    model.calibrate_norm([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    save_checkpoint(tmp_path / "c", model, {"arch": "resnet-s-w4", "in_features": 3072, "in_shape": [3, 32, 32],
+                                            "num_classes": 10})
+    r = run_dk("export", "--checkpoint", tmp_path / "c", "--out", tmp_path / "c.onnx")
+    assert r.returncode == 0, r.stderr
+    x = torch.rand(5, 3, 32, 32)
+    got = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - model.eval()(x).detach().numpy()).max() < 1e-3

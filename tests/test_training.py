@@ -234,7 +234,7 @@ def test_jittered_views_pair_each_drawn_image_with_its_own_target(digits):
         for b in range(len(idx)):
             assert torch.equal(xb[b].reshape(8, 8), views[int(code[b])][int(n[b])])
     cfg_bad = replace(cfg, jitter=2)
-    with pytest.raises(DKError, match="targets for 9 jittered views, but jitter 2 draws 25"):
+    with pytest.raises(DKError, match="targets for 9 views, but jitter 2 and flip False draw 25"):
         fit(new_model(cfg_bad, 64, 10), x, spy, cfg_bad, progress=False)
 
 

@@ -90,13 +90,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | Path, expected_arch: str | None = None,
-                    device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
-    """Rebuild the model of a checkpoint and load its weights.
-
-    Returns ``(model, meta, extra)`` where ``extra`` holds the non-model tensors (optimiser state).
-    Raises DKError if the checkpoint is missing, corrupt, torn, or of another architecture.
-    """
+def read_checkpoint(path: str | Path, expected_arch: str | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+    """``(weights, meta, extra)`` of a checkpoint, checked (hash, architecture), without building a model:
+    how a user's own module (``custom:NAME``) resumes. ``extra`` holds the optimiser state."""
     d = checkpoint_dir(path)
     meta = read_meta(d)
     if expected_arch is not None and meta["arch"] != expected_arch:
@@ -111,14 +108,30 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None,
         tensors = st_load(blob)
     except (SafetensorError, ValueError) as e:
         raise DKError(f"corrupt checkpoint weights {d / WEIGHTS}: {e}") from None
-    model = build_model(meta["arch"], int(meta["in_features"]), int(meta["num_classes"]))
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
     extra = {k: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
+    return weights, meta, extra
+
+
+def load_into(model: nn.Module, weights: dict[str, torch.Tensor], where: str, arch: str) -> nn.Module:
+    """Load checkpoint ``weights`` into ``model``; a mismatch is a DKError naming the checkpoint."""
     if "input_shift" in model.state_dict() and "input_shift" not in weights:
-        weights["input_shift"] = torch.zeros(())  # saved before MLPs had an input shift: they had none
+        weights = {**weights, "input_shift": torch.zeros(())}  # saved before MLPs had an input shift: they had none
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise DKError(f"checkpoint {d} does not fit architecture {meta['arch']!r}: {first}") from None
-    return model.to(device), meta, extra
+        raise DKError(f"checkpoint {where} does not fit architecture {arch!r}: {first}") from None
+    return model
+
+
+def load_checkpoint(path: str | Path, expected_arch: str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
+    """Rebuild the model of a checkpoint and load its weights.
+
+    Returns ``(model, meta, extra)`` where ``extra`` holds the non-model tensors (optimiser state).
+    Raises DKError if the checkpoint is missing, corrupt, torn, or of another architecture.
+    """
+    weights, meta, extra = read_checkpoint(path, expected_arch)
+    model = build_model(meta["arch"], meta.get("in_shape") or int(meta["in_features"]), int(meta["num_classes"]))
+    return load_into(model, weights, str(checkpoint_dir(path)), meta["arch"]).to(device), meta, extra

@@ -17,7 +17,7 @@ import yaml
 
 from darkknowledge.errors import DKError
 from darkknowledge.losses import COMBINE_METHODS
-from darkknowledge.models import ARCHITECTURES
+from darkknowledge.models import check_arch
 
 LR_SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -40,7 +40,9 @@ class TrainConfig:
     lr_schedule: str = _help(f"learning-rate schedule over all steps: {', '.join(LR_SCHEDULES)}", "cosine")
     warmup_epochs: float = _help("epochs of linear learning-rate warm-up to lr before the schedule (capped at the run)",
                                  0.0)
-    jitter: int = _help("random translation of training inputs by up to this many pixels (paper: 2 for the teacher)", 0)
+    jitter: int = _help("random translation of training inputs by up to this many pixels, filled with the background "
+                        "(paper: 2 for the MNIST teacher; 4 is the usual CIFAR random crop of a 4-pixel-padded image)", 0)
+    flip: bool = _help("random left-right mirror of training images, probability 1/2 (CIFAR; not for digits)", False)
     seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
     device: str = _help("cpu, cuda, cuda:N, or auto (cuda when available)", "cpu")
     precision: str = _help("auto (bf16 where the device computes it natively, else fp32), fp32 or bf16; "
@@ -53,8 +55,7 @@ class TrainConfig:
                           "takes precedence over the fused MLP step; benchmarks/mnist_speed.py measures it)", False)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise DKError(f"unknown architecture {self.arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+        check_arch(self.arch)
         _positive(self, "epochs", "batch_size", "lr", "eval_every")
         _non_negative(self, "momentum", "weight_decay", "jitter", "warmup_epochs", "grad_clip")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -99,14 +100,19 @@ class TransferConfig:
 
     omit_classes: tuple[int, ...] = _help("classes removed from the transfer set (paper: 3)", ())
     only_classes: tuple[int, ...] = _help("keep only these classes in the transfer set (paper: 7 8)", ())
-    fraction: float = _help("random fraction of the transfer set kept (paper section 6: 0.03)", 1.0)
+    fraction: float = _help("class-balanced random fraction of the transfer set kept (paper section 6: 0.03)", 1.0)
     unlabelled: bool = _help("drop the true labels: learn from soft targets alone", False)
     jitter_views: int = _help("beyond the paper: translate transfer images by up to this many pixels, with the "
                               "teacher's soft targets computed on every translated view (0: the paper's plain "
                               "transfer set)", 0)
 
+    view_bank: int = _help("augmented views per transfer image (the student's jitter/flip), each with the teacher's "
+                           "soft targets on that view, computed once and cached (0: the plain transfer set)", 0)
+
     def __post_init__(self) -> None:
-        _non_negative(self, "jitter_views")
+        _non_negative(self, "jitter_views", "view_bank")
+        if self.jitter_views and self.view_bank:
+            raise DKError("give jitter_views or view_bank, not both")
         if not 0 < self.fraction <= 1:
             raise DKError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.omit_classes and self.only_classes:

@@ -1,21 +1,28 @@
 """Datasets, transfer-set filters and on-device input jitter.
 
-Images are kept as float32 tensors ``[N, H, W]`` in [0, 1] and labels as int64 ``[N]``; a label of -1
+Grey images are kept as float32 tensors ``[N, H, W]`` in [0, 1]; colour images (CIFAR) stay uint8
+``[N, 3, H, W]``, a quarter of the memory, resident on the training device, and become floats only per
+batch (the model's ``InputNorm`` scales and normalises them). Labels are int64 ``[N]``; a label of -1
 marks an unlabelled transfer-set example.
 
 Sources (``load_data``):
-    ``digits``      scikit-learn's embedded 8x8 digits (1,797 images), split by ``DIGITS_SPLIT``.
-    a directory     canonical MNIST IDX files, gzipped or not, in ``DIR/MNIST/raw``, ``DIR/raw`` or ``DIR``.
-    a ``.npz`` file arrays ``x_train, y_train, x_test, y_test`` (images ``[N, ...]``, integer labels).
+    ``digits``         scikit-learn's embedded 8x8 digits (1,797 images), split by ``DIGITS_SPLIT``.
+    a directory        canonical MNIST IDX files, gzipped or not, in ``DIR/MNIST/raw``, ``DIR/raw`` or ``DIR``;
+                       without them, the CIFAR-10 (then CIFAR-100) pickles in their torchvision layout.
+    ``cifar10:DIR``    the CIFAR-10 pickles in ``DIR/cifar-10-batches-py`` (or ``DIR`` itself).
+    ``cifar100:DIR``   the CIFAR-100 pickles in ``DIR/cifar-100-python`` (or ``DIR``), fine labels.
+    ``mnist:DIR``      MNIST only, even where CIFAR lies beside it.
+    a ``.npz`` file    arrays ``x_train, y_train, x_test, y_test`` (images ``[N, ...]``, integer labels).
 """
 
 from __future__ import annotations
 
 import gzip
+import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -38,16 +45,28 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    class_names: tuple[str, ...] = ()
+    # CIFAR-100's 20 superclasses: coarse label of every fine class, and their names (else empty).
+    coarse_of_class: tuple[int, ...] = ()
+    coarse_names: tuple[str, ...] = ()
 
     @property
     def in_features(self) -> int:
         return int(np.prod(self.x_train.shape[1:]))
 
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """One image's shape: ``(H, W)`` for grey images, ``(C, H, W)`` for colour ones."""
+        return tuple(self.x_train.shape[1:])
 
-def from_arrays(name: str, x_train, y_train, x_test, y_test, scale: float) -> Dataset:
-    """A checked Dataset from arrays of images (divided by ``scale``) and integer labels."""
-    x_train = torch.as_tensor(np.array(x_train), dtype=torch.float32) / scale
-    x_test = torch.as_tensor(np.array(x_test), dtype=torch.float32) / scale
+
+def from_arrays(name: str, x_train, y_train, x_test, y_test, scale: float | None) -> Dataset:
+    """A checked Dataset from arrays of images (divided by ``scale``; ``None``: kept as uint8) and integer labels."""
+    if scale is None:
+        x_train, x_test = torch.as_tensor(np.array(x_train, np.uint8)), torch.as_tensor(np.array(x_test, np.uint8))
+    else:
+        x_train = torch.as_tensor(np.array(x_train), dtype=torch.float32) / scale
+        x_test = torch.as_tensor(np.array(x_test), dtype=torch.float32) / scale
     y_train = torch.as_tensor(np.asarray(y_train).astype(np.int64))
     y_test = torch.as_tensor(np.asarray(y_test).astype(np.int64))
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
@@ -141,17 +160,145 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 def load_data(source: str) -> Dataset:
-    """``"digits"``, an MNIST directory, or a ``.npz`` file (see the module docstring)."""
+    """``"digits"``, a data directory, ``cifar10:DIR``, ``cifar100:DIR``, ``mnist:DIR`` or a ``.npz``
+    file (see the module docstring)."""
     if source == "digits":
         return load_digits()
+    kind, sep, rest = source.partition(":")
+    if sep and kind in ("cifar10", "cifar100", "mnist"):
+        return load_mnist(rest) if kind == "mnist" else load_cifar(rest, kind)
     path = Path(source)
     if path.suffix == ".npz":
         if not path.is_file():
             raise DKError(f"data file {path} does not exist")
         return load_npz(path)
     if path.is_dir():
-        return load_mnist(path)
-    raise DKError(f"data source {source!r} is neither 'digits', an existing MNIST directory nor a .npz file")
+        for kind, finder in (("mnist", _has_mnist), ("cifar10", _has_cifar10), ("cifar100", _has_cifar100)):
+            if finder(path):
+                return load_mnist(path) if kind == "mnist" else load_cifar(path, kind)
+        raise DKError(f"{path} holds neither MNIST IDX files nor CIFAR pickles (lay them out with "
+                      "`python ../shared/tools/datasets.py install DIR`)")
+    raise DKError(f"data source {source!r} is neither 'digits', an existing data directory, "
+                  "cifar10:DIR, cifar100:DIR, mnist:DIR nor a .npz file")
+
+
+def _has_mnist(root: Path) -> bool:
+    try:
+        _find_idx(root, "train-images-idx3-ubyte")
+        return True
+    except DKError:
+        return False
+
+
+def _cifar_dir(root: Path, kind: str) -> Path | None:
+    sub, probe = CIFAR_LAYOUT[kind]
+    for d in (root / sub, root):
+        if (d / probe).is_file():
+            return d
+    return None
+
+
+def _has_cifar10(root: Path) -> bool:
+    return _cifar_dir(root, "cifar10") is not None
+
+
+def _has_cifar100(root: Path) -> bool:
+    return _cifar_dir(root, "cifar100") is not None
+
+
+# ---- CIFAR (the canonical pickles, torchvision layout) ---------------------------------------------------
+
+# kind -> (sub-directory, a file it must hold)
+CIFAR_LAYOUT = {"cifar10": ("cifar-10-batches-py", "batches.meta"), "cifar100": ("cifar-100-python", "meta")}
+
+
+def _unpickle_cifar(path: Path) -> dict[str, Any]:
+    """One CIFAR pickle: a dict of numpy arrays, lists and strings, read with an unpickler that builds
+    nothing else (the published files hold only those), so a tampered file cannot run code."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise DKError(f"CIFAR file {path} not found") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DKError(f"cannot read CIFAR file {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise DKError(f"{path}: not a CIFAR pickle (holds {type(obj).__name__}, expected a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a CIFAR file)")
+        return super().find_class(module, name)
+
+
+def _cifar_arrays(d: Path, name: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle_cifar(d / name)
+    if "data" not in batch or label_key not in batch:
+        raise DKError(f"{d / name}: missing 'data' or {label_key!r} (not a CIFAR batch)")
+    x, y = np.asarray(batch["data"]), np.asarray(batch[label_key])
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        raise DKError(f"{d / name}: images must be uint8 rows of 3072 values, got {x.dtype} {x.shape}")
+    if len(x) != len(y):
+        raise DKError(f"{d / name}: {len(x)} images but {len(y)} labels")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
+
+
+def load_cifar(root: str | Path, kind: str = "cifar10") -> Dataset:
+    """CIFAR-10 or CIFAR-100 (fine labels, with the coarse superclass of each) from the canonical pickles.
+
+    Images stay uint8 ``[N, 3, 32, 32]``; the training split's order is the files' (class-major in the
+    copies laid out here: always split with a seeded permutation, as ``split_validation`` does).
+    """
+    if kind not in CIFAR_LAYOUT:
+        raise DKError(f"unknown CIFAR variant {kind!r}; allowed: {', '.join(CIFAR_LAYOUT)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DKError(f"{kind} directory {root} does not exist")
+    d = _cifar_dir(root, kind)
+    if d is None:
+        sub, probe = CIFAR_LAYOUT[kind]
+        raise DKError(f"{kind}: {probe} not found in {root / sub} or {root} (lay it out with "
+                      f"`python ../shared/tools/datasets.py install DIR --only {kind}`)")
+    if kind == "cifar10":
+        parts = [_cifar_arrays(d, f"data_batch_{i}", "labels") for i in range(1, 6)]
+        x_train, y_train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        x_test, y_test = _cifar_arrays(d, "test_batch", "labels")
+        names = tuple(_unpickle_cifar(d / "batches.meta").get("label_names", ()))
+        coarse_of, coarse_names = (), ()
+    else:
+        x_train, y_train = _cifar_arrays(d, "train", "fine_labels")
+        x_test, y_test = _cifar_arrays(d, "test", "fine_labels")
+        meta = _unpickle_cifar(d / "meta")
+        names, coarse_names = tuple(meta.get("fine_label_names", ())), tuple(meta.get("coarse_label_names", ()))
+        _, coarse = _cifar_arrays(d, "train", "coarse_labels")
+        table = np.full(int(y_train.max()) + 1, -1)
+        table[y_train] = coarse
+        coarse_of = tuple(int(c) for c in table)
+    data = from_arrays(kind, x_train, y_train, x_test, y_test, scale=None)
+    return replace(data, class_names=_names(names), coarse_of_class=coarse_of, coarse_names=_names(coarse_names))
+
+
+def _names(names) -> tuple[str, ...]:
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def channel_stats(x: torch.Tensor, sample: int = 10_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of images ``[N, C, H, W]`` in [0, 1] units (uint8 images
+    are divided by 255), from up to ``sample`` images spread evenly over ``x``: the training split's
+    statistics, which the model's ``InputNorm`` subtracts and divides by."""
+    step = max(1, len(x) // sample)
+    v = x[::step].float()
+    if x.dtype == torch.uint8:
+        v = v / 255
+    v = v.transpose(0, 1).reshape(x.shape[1], -1)
+    return v.mean(1).tolist(), v.std(1).clamp_min(1e-3).tolist()
 
 
 # ---- transfer-set filters (paper sections 3 and 6) -------------------------------------------------
@@ -174,6 +321,22 @@ def keep_fraction(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int =
         raise DKError(f"fraction must be in (0, 1], got {fraction}")
     n = max(1, round(fraction * len(y)))
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[idx], y[idx]
+
+
+def balanced_fraction(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int = 0):
+    """A seeded, class-balanced subset: ``round(fraction * n_c)`` (at least 1) random examples of each class c
+    (paper section 6: 3% of the training set), in their original order."""
+    if not 0 < fraction <= 1:
+        raise DKError(f"fraction must be in (0, 1], got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    y_cpu = y.cpu()
+    keep = []
+    for c in torch.unique(y_cpu).tolist():
+        members = (y_cpu == c).nonzero().squeeze(1)
+        n = max(1, round(fraction * len(members)))
+        keep.append(members[torch.randperm(len(members), generator=gen)[:n]])
+    idx = torch.cat(keep).sort().values.to(y.device)
     return x[idx], y[idx]
 
 
@@ -211,8 +374,8 @@ def background_value(x: torch.Tensor, min_share: float = 0.25, sample: int = 100
 
 
 def pad_for_jitter(x: torch.Tensor, max_shift: int, value: float = 0.0) -> torch.Tensor:
-    """Pad images ``[N, H, W]`` by ``max_shift`` on every side with ``value`` (the background), once,
-    for ``gather_jittered``."""
+    """Pad images ``[N, H, W]`` or ``[N, C, H, W]`` by ``max_shift`` on every side with ``value`` (the
+    background), once, for ``gather_jittered`` / ``gather_views``."""
     k = max_shift
     return torch.nn.functional.pad(x, (k, k, k, k), value=value) if k > 0 else x
 
@@ -240,6 +403,69 @@ def gather_jittered(padded: torch.Tensor, idx: torch.Tensor, max_shift: int,
     pixel = (torch.arange(h, device=dev)[:, None] * pw + torch.arange(w, device=dev)).reshape(-1)  # [H * W]
     out = padded.reshape(-1).index_select(0, (start[:, None] + pixel).reshape(-1)).view(len(idx), h, w)
     return (out, shifts[0] * (2 * k + 1) + shifts[1]) if return_shift else out
+
+
+def view_count(max_shift: int, flip: bool) -> int:
+    """How many distinct views ``gather_views`` can draw: every translation, with and without a mirror."""
+    return (2 * max_shift + 1) ** 2 * (2 if flip else 1)
+
+
+def apply_views(padded: torch.Tensor, idx: torch.Tensor, codes: torch.Tensor, max_shift: int,
+                flip: bool = False) -> torch.Tensor:
+    """Images ``idx`` of a ``pad_for_jitter`` tensor, image ``idx[i]`` seen in view ``codes[i]``.
+
+    ``padded`` is ``[N, H + 2k, W + 2k]`` or ``[N, C, H + 2k, W + 2k]`` (any dtype: uint8 CIFAR stays
+    uint8). A view code is ``dy * (2k + 1) + dx + m * (2k + 1)^2``: the crop at (dy, dx) of the padded
+    image (``(k, k)`` is the untranslated one), mirrored left-right when ``m`` is 1 (only with ``flip``).
+    One flat ``index_select``: no per-example loop, no host round trip.
+    """
+    k, side = max_shift, 2 * max_shift + 1
+    if int(codes.numel()) and (int(codes.min()) < 0 or int(codes.max()) >= view_count(k, flip)):
+        raise DKError(f"view codes must lie in [0, {view_count(k, flip)}) for max_shift {k}, flip {flip}")
+    grey = padded.dim() == 3
+    p = padded.unsqueeze(1) if grey else padded
+    _, c, ph, pw = p.shape
+    h, w = ph - 2 * k, pw - 2 * k
+    dev = p.device
+    shift, mirror = codes % (side * side), codes // (side * side)
+    start = idx * (c * ph * pw) + (shift // side) * pw + shift % side  # [B]
+    cols = torch.arange(w, device=dev)
+    col = torch.where(mirror[:, None] > 0, w - 1 - cols, cols) if flip else cols.expand(len(idx), w)  # [B, W]
+    index = (start[:, None, None, None] + (torch.arange(c, device=dev) * (ph * pw))[None, :, None, None]
+             + (torch.arange(h, device=dev) * pw)[None, None, :, None] + col[:, None, None, :])
+    out = p.reshape(-1).index_select(0, index.reshape(-1)).view(len(idx), c, h, w)
+    return out.squeeze(1) if grey else out
+
+
+def gather_views(padded: torch.Tensor, idx: torch.Tensor, max_shift: int, flip: bool = False,
+                 generator: torch.Generator | None = None, return_code: bool = False):
+    """Images ``idx`` of a ``pad_for_jitter`` tensor, each in an independent random view: a translation by
+    up to ``max_shift`` pixels (the random crop of a padded image) and, with ``flip``, a left-right mirror
+    with probability 1/2. With ``return_code``, also each image's view code (``apply_views``).
+
+    Grey images without flips take ``gather_jittered``'s path (the same draws, so MNIST runs are unchanged).
+    """
+    if not flip and (max_shift <= 0 or padded.dim() == 3):  # flat feature vectors too, when nothing moves
+        return gather_jittered(padded, idx, max_shift, generator, return_shift=return_code)
+    k = max_shift
+    dev = padded.device
+    shifts = torch.randint(0, 2 * k + 1, (2, len(idx)), device=dev, generator=generator)
+    codes = shifts[0] * (2 * k + 1) + shifts[1]
+    if flip:
+        codes = codes + torch.randint(0, 2, (len(idx),), device=dev, generator=generator) * (2 * k + 1) ** 2
+    out = apply_views(padded, idx, codes, k, flip)
+    return (out, codes) if return_code else out
+
+
+def bank_codes(n: int, views: int, max_shift: int, flip: bool, seed: int = 0) -> torch.Tensor:
+    """View codes ``[views, n]`` of a view bank: slot 0 is every image as it is (untranslated, unmirrored),
+    the other slots random views (``apply_views``), seeded, so every student drawing on one bank sees
+    the same views and the teacher's targets on them are computed once."""
+    if views < 1:
+        raise DKError(f"a view bank needs at least 1 view, got {views}")
+    codes = torch.randint(0, view_count(max_shift, flip), (views, n), generator=torch.Generator().manual_seed(seed))
+    codes[0] = max_shift * (2 * max_shift + 1) + max_shift
+    return codes
 
 
 def jittered_views(x: torch.Tensor, max_shift: int, value: float = 0.0):

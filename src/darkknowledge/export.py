@@ -30,7 +30,10 @@ def export_onnx(checkpoint: str | Path, out: Path, check: bool = True, side: int
     model.eval()
     n = int(meta["in_features"])
     side = side or int(round(n ** 0.5))
-    shape = (side, side) if side * side == n else (n,)
+    if meta.get("in_shape") and len(meta["in_shape"]) == 3:  # colour images [C, H, W] (float, [0, 1])
+        shape = tuple(int(d) for d in meta["in_shape"])
+    else:
+        shape = (side, side) if side * side == n else (n,)
     example = torch.rand(2, *shape)
     buf = io.BytesIO()
     with warnings.catch_warnings():

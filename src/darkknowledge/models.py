@@ -3,10 +3,18 @@
 The paper's MNIST nets (section 3) are plain MLPs: the cumbersome teacher has 2 x 1200 ReLU units,
 dropout on the input and hidden layers and a max-norm constraint on each unit's incoming weights;
 the students have 2 x 800 (or 300, or 30) units and no regularisation.
+
+For colour images (CIFAR) the registry has a small residual CNN family, ``resnet-s-w{W}`` (``W``: the
+stem width; 4 conv stages, 7 convolutions, channels-last), and any torchvision classification model
+by name, ``torchvision:NAME`` (built for the data's class count; needs torchvision). Every image model
+starts with ``InputNorm``, which takes uint8 or float images and normalises them by the training
+split's per-channel statistics (buffers saved with the weights). From Python, any ``nn.Module`` can be
+a teacher, an ensemble member or a student (``custom:NAME`` in a ``TrainConfig`` labels it).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,16 +100,129 @@ class MLP(nn.Module):
             m.weight.mul_(torch.where(over, self.max_norm / (norms + 1e-7), 1.0))
 
 
+class InputNorm(nn.Module):
+    """Images ``[B, C, H, W]`` (uint8 in 0..255 or floats in [0, 1]) -> ``(x - mean) / std`` per channel,
+    float32, channels-last. ``mean``/``std`` are buffers set from the training split (``calibrate_norm``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels, 1, 1))
+        self.register_buffer("std", torch.ones(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def calibrate_norm(self, mean: list[float], std: list[float]) -> None:
+        self.mean.copy_(torch.tensor(mean).view(-1, 1, 1))
+        self.std.copy_(torch.tensor(std).view(-1, 1, 1))
+
+
+def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class ResBlock(nn.Module):
+    """conv -> 2x2 max-pool -> BN -> ReLU (half the resolution), then ``x + ReLU(BN(conv(x)))``.
+
+    Pooling before the normalisation, as in fast CIFAR nets (airbench, ResNet-9 of the DAWNBench
+    entries), runs BN and ReLU on a quarter of the pixels."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                                  nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+        self.res = nn.Sequential(*conv_bn(c_out, c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)
+        return x + self.res(x)
+
+
+class ResNetS(nn.Module):
+    """A small residual CNN for 32x32 colour images: stem (W) -> blocks (2W, 4W, 4W) -> global max-pool -> linear.
+
+    7 convolutions; W = 16: 0.14 M parameters, W = 32: 0.57 M. ``width`` is the knob that sizes teachers
+    (wide) and students (narrow) of one family.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, zero_head: bool = True) -> None:
+        super().__init__()
+        w = width
+        self.norm = InputNorm(in_channels)
+        self.features = nn.Sequential(*conv_bn(in_channels, w), ResBlock(w, 2 * w), ResBlock(2 * w, 4 * w),
+                                      ResBlock(4 * w, 4 * w), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * w, num_classes)
+        if zero_head:  # every class equally likely at the start: loss ln(C), no first-epoch gradient spike
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.norm(x)))
+
+    def calibrate_norm(self, mean: list[float], std: list[float]) -> None:
+        self.norm.calibrate_norm(mean, std)
+
+
+class Normalized(nn.Module):
+    """Any image classifier behind an ``InputNorm`` (how torchvision models enter the registry)."""
+
+    def __init__(self, module: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.norm = InputNorm(channels)
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(self.norm(x))
+
+    def calibrate_norm(self, mean: list[float], std: list[float]) -> None:
+        self.norm.calibrate_norm(mean, std)
+
+
 @dataclass(frozen=True)
 class ArchSpec:
-    """What a registry entry builds; ``description`` is shown by ``dk archs``."""
+    """What a registry entry builds from ``(in_shape, num_classes)``; ``description`` is shown by ``dk archs``."""
 
-    build: Callable[[int, int], nn.Module]
+    build: Callable[[tuple[int, ...], int], nn.Module]
     description: str
 
 
-def _mlp(hidden: tuple[int, ...], **kwargs) -> Callable[[int, int], nn.Module]:
-    return lambda in_features, num_classes: MLP(in_features, hidden, num_classes, **kwargs)
+def _features(in_shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in in_shape:
+        n *= d
+    return n
+
+
+def _mlp(hidden: tuple[int, ...], **kwargs) -> Callable[[tuple[int, ...], int], nn.Module]:
+    return lambda in_shape, num_classes: MLP(_features(in_shape), hidden, num_classes, **kwargs)
+
+
+def _channels(in_shape: tuple[int, ...], arch: str) -> int:
+    if len(in_shape) != 3:
+        raise DKError(f"{arch} takes images [C, H, W]; this data's inputs are {tuple(in_shape)}")
+    return in_shape[0]
+
+
+def _resnet_s(width: int) -> Callable[[tuple[int, ...], int], nn.Module]:
+    return lambda in_shape, num_classes: ResNetS(_channels(in_shape, f"resnet-s-w{width}"), num_classes, width)
+
+
+def _torchvision(name: str) -> Callable[[tuple[int, ...], int], nn.Module]:
+    def build(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        try:
+            import torchvision
+        except ImportError as e:
+            raise DKError(f"torchvision:{name} needs torchvision, which does not import here ({e})") from None
+        try:
+            module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        except (ValueError, KeyError) as e:
+            raise DKError(f"torchvision has no classification model {name!r} ({e})") from None
+        return Normalized(module, _channels(in_shape, f"torchvision:{name}")).to(memory_format=torch.channels_last)
+
+    return build
 
 
 # The teacher regularisation of paper section 3: 20% input dropout, 50% hidden dropout and a max-norm
@@ -113,14 +234,39 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mlp-800x2": ArchSpec(_mlp((800, 800)), "paper's MNIST student: 2x800 ReLU, no regularisation"),
     "mlp-300x2": ArchSpec(_mlp((300, 300)), "student for the T x width sweep: 2x300 ReLU"),
     "mlp-30x2": ArchSpec(_mlp((30, 30)), "tiny student for the T x width sweep: 2x30 ReLU"),
+    "resnet-s-w{W}": ArchSpec(_resnet_s(16), "small residual CNN for 32x32 colour images, stem width W "
+                              "(e.g. resnet-s-w16: 0.14 M parameters; resnet-s-w32: 0.57 M)"),
+    "torchvision:{NAME}": ArchSpec(_torchvision("resnet18"), "any torchvision classification model by name, "
+                                   "e.g. torchvision:resnet18 (needs torchvision)"),
 }
+_PATTERNS = ((re.compile(r"resnet-s-w([1-9]\d{0,3})"), lambda m: _resnet_s(int(m.group(1)))),
+             (re.compile(r"torchvision:([A-Za-z0-9_.]+)"), lambda m: _torchvision(m.group(1))))
+CUSTOM_PREFIX = "custom:"  # a user's own nn.Module, trained from Python; not buildable by name
 
 
-def build_model(arch: str, in_features: int, num_classes: int) -> nn.Module:
-    """Build a registered architecture; an unknown name is a DKError listing the known ones."""
-    if arch not in ARCHITECTURES:
-        raise DKError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch].build(in_features, num_classes)
+def arch_builder(arch: str) -> Callable[[tuple[int, ...], int], nn.Module]:
+    """The builder of a registered name or pattern; an unknown name is a DKError listing the known ones."""
+    if arch in ARCHITECTURES and "{" not in arch:
+        return ARCHITECTURES[arch].build
+    for pattern, make in _PATTERNS:
+        m = pattern.fullmatch(arch)
+        if m:
+            return make(m)
+    raise DKError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+
+
+def check_arch(arch: str) -> None:
+    """A name a ``TrainConfig`` accepts: a registered one, or ``custom:NAME`` for a module built in Python."""
+    if not (arch.startswith(CUSTOM_PREFIX) and len(arch) > len(CUSTOM_PREFIX)):
+        arch_builder(arch)
+
+
+def build_model(arch: str, in_shape: int | tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build a registered architecture for inputs of ``in_shape`` (a shape, or a flat feature count)."""
+    if arch.startswith(CUSTOM_PREFIX):
+        raise DKError(f"{arch!r} is a user's own module: build it in Python and pass it to fit / Teacher")
+    shape = (in_shape,) if isinstance(in_shape, int) else tuple(int(d) for d in in_shape)
+    return arch_builder(arch)(shape, num_classes)
 
 
 def apply_constraints(model: nn.Module) -> None:

@@ -4,11 +4,17 @@ A teacher's member logits on a transfer set are computed once and cached under a
 SHA-256 of every member's architecture and weights, the SHA-256 of the transfer-set tensor, and an
 augmentation "view" name. Soft targets at any temperature and combination rule are derived from the
 cached logits on demand, so a changed teacher, temperature or data can never be served stale targets.
+
+Under augmentation (``view_bank``), each transfer image has V views (random crops and mirrors, view codes
+of ``data.apply_views``); the members' logits on every view are computed once, cached under a key that
+also holds the SHA-256 of the view codes, and served with the codes, so ``fit`` shows a student the very
+view its target was computed on. Every student, temperature and ensemble mean reuses the bank.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +23,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from darkknowledge.checkpoint import atomic_write_bytes, load_checkpoint
+from darkknowledge.data import apply_views, pad_for_jitter
 from darkknowledge.errors import DKError
 from darkknowledge.losses import COMBINE_METHODS, ensemble_probs
 
@@ -74,6 +81,7 @@ class Teacher:
         self._memory: dict[str, torch.Tensor] = {}
         self.cache_hits = 0
         self.cache_misses = 0
+        self.compute_seconds = 0.0  # spent running members (cache misses)
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], combine: str = "arithmetic",
@@ -105,6 +113,10 @@ class Teacher:
 
     def member_logits(self, x: torch.Tensor, view: str = "plain") -> torch.Tensor:
         """``[M, N, C]`` eval-mode logits of every member on ``x``, cached by (teacher, data, view)."""
+        return self._cached(x, view, lambda m: predict_logits(m, x))
+
+    def _cached(self, x: torch.Tensor, view: str, member_fn) -> torch.Tensor:
+        """``member_fn(member)`` for every member, stacked, from the memory or disk cache when there."""
         key = self.cache_key(x, view)
         if key in self._memory:
             self.cache_hits += 1
@@ -120,15 +132,41 @@ class Teacher:
             logits = None
         if logits is None:
             self.cache_misses += 1
-            logits = torch.stack([predict_logits(m.to(x.device), x) for m in self.members])
+            t0 = time.perf_counter()
+            logits = torch.stack([member_fn(m.to(x.device)) for m in self.members])
+            self.compute_seconds += time.perf_counter() - t0
             if not torch.isfinite(logits).all():
-                bad = (~torch.isfinite(logits)).any(-1).sum().item()
+                bad = (~torch.isfinite(logits)).any(-1).reshape(-1, len(x)).any(0).sum().item()
                 raise DKError(f"teacher produced NaN or inf outputs on {bad} transfer examples; "
                               "check its checkpoint and the input data")
             if path is not None:
                 atomic_write_bytes(path, save({"logits": logits.cpu().contiguous()}))
         self._memory[key] = logits.cpu()
         return logits.to(x.device)
+
+    def bank_logits(self, x: torch.Tensor, codes: torch.Tensor, max_shift: int, flip: bool,
+                    fill: float = 0.0) -> torch.Tensor:
+        """``[M, V, N, C]`` eval-mode logits of every member on view ``codes[v, n]`` of each image ``x[n]``
+        (``data.apply_views`` on ``x`` padded by ``max_shift`` with ``fill``), cached like ``member_logits``
+        under a view name holding the SHA-256 of the codes: other codes (a shifted view) never hit it."""
+        if codes.dim() != 2 or codes.shape[1] != len(x):
+            raise DKError(f"view codes must be [V, {len(x)}], got {tuple(codes.shape)}")
+        view = f"bank:k={max_shift}:flip={int(flip)}:fill={fill:g}:{tensor_digest(codes)}"
+        return self._cached(x, view, lambda m: self._bank_member(m, x, codes, max_shift, flip, fill))
+
+    @staticmethod
+    def _bank_member(model: nn.Module, x: torch.Tensor, codes: torch.Tensor, max_shift: int, flip: bool,
+                     fill: float, batch_size: int = 4096) -> torch.Tensor:
+        padded = pad_for_jitter(x, max_shift, fill)
+        codes = codes.to(x.device)
+        out = []
+        for v in range(len(codes)):
+            rows = []
+            for i in range(0, len(x), batch_size):
+                idx = torch.arange(i, min(i + batch_size, len(x)), device=x.device)
+                rows.append(predict_logits(model, apply_views(padded, idx, codes[v, idx], max_shift, flip)))
+            out.append(torch.cat(rows))
+        return torch.stack(out)
 
     def soft_targets(self, x: torch.Tensor, temperature: float, view: str = "plain") -> torch.Tensor:
         """``[N, C]`` soft targets at ``temperature``: the ensemble mean of the members' softened outputs."""

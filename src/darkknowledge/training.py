@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from darkknowledge.checkpoint import OPTIM_PREFIX, load_checkpoint, save_checkpoint
+from darkknowledge.checkpoint import OPTIM_PREFIX, load_into, read_checkpoint, save_checkpoint
 from darkknowledge.config import DistillConfig, TrainConfig
-from darkknowledge.data import background_value, gather_jittered, pad_for_jitter
+from darkknowledge.data import apply_views, background_value, channel_stats, gather_views, pad_for_jitter, view_count
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits
 from darkknowledge.fused import FusedMLPStep
@@ -90,12 +90,16 @@ class SoftTargets:
     targets: torch.Tensor  # [N, C] teacher probabilities at config.temperature; [N * views, C] with views
     labels: torch.Tensor  # [N], -1 where unlabelled; repeated per view like the targets
     config: DistillConfig
-    # > 1: one target per jittered view of each example, row n * views + code, where code = dy * (2k + 1) + dx
-    # is the translation ``fit`` drew for it (``data.gather_jittered``); ``views`` must be (2 * jitter + 1)^2.
+    # > 1: one target per view of each example, row n * views + code, where code is the view ``fit`` drew for
+    # it (``data.gather_views``); ``views`` must be ``data.view_count(jitter, flip)``.
     views: int = 1
+    # A bank of augmented views [V, N] (view codes, ``data.apply_views``): ``fit`` shows example n in the view
+    # of a random slot v, and its target is row v * N + n (the teacher's on exactly that view).
+    bank_codes: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "SoftTargets":
-        return SoftTargets(self.targets.to(device), self.labels.to(device), self.config, self.views)
+        codes = None if self.bank_codes is None else self.bank_codes.to(device)
+        return SoftTargets(self.targets.to(device), self.labels.to(device), self.config, self.views, codes)
 
     def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -132,10 +136,10 @@ class MatchLogits:
 Objective = HardLabels | SoftTargets | MatchLogits
 
 
-def new_model(cfg: TrainConfig, in_features: int, num_classes: int) -> nn.Module:
-    """Build ``cfg.arch`` with weights initialised from ``cfg.seed``."""
+def new_model(cfg: TrainConfig, in_shape: int | tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build ``cfg.arch`` for inputs of ``in_shape`` with weights initialised from ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.arch, in_features, num_classes)
+    return build_model(cfg.arch, in_shape, num_classes)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -175,8 +179,12 @@ def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 
 def _restore_optim(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> None:
     state = opt.state_dict()
+    params = [p for g in opt.param_groups for p in g["params"]]
     for name, v in extra.items():
         i, k = name[len(OPTIM_PREFIX):].split(".", 1)
+        p = params[int(i)]
+        if v.shape == p.shape:  # momentum in its parameter's memory layout (channels-last convolutions):
+            v = torch.empty_like(p).copy_(v)  # the fused SGD kernel walks both as one flat buffer
         state["state"].setdefault(int(i), {})[k] = v
     opt.load_state_dict(state)
 
@@ -226,6 +234,8 @@ def fit(
     *,
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
+    x_train_eval: torch.Tensor | None = None,
+    y_train_eval: torch.Tensor | None = None,
     checkpoint: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     resume: bool = False,
@@ -244,6 +254,8 @@ def fit(
         objective: ``HardLabels``, ``SoftTargets`` or ``MatchLogits`` over the same N examples.
         cfg: optimisation settings.
         x_test, y_test: if given, test errors are measured every ``cfg.eval_every`` epochs and after the last.
+        x_train_eval, y_train_eval: if given, training-set errors too (on these un-augmented examples), the
+            same epochs: ``train_errors`` (how far a run overfits).
         checkpoint: directory written atomically after every epoch (weights, optimiser, history).
         meta: extra JSON fields stored in the checkpoint (data source, teacher, distill config...).
         resume: continue from ``checkpoint`` if it holds an unfinished run of the same config.
@@ -261,8 +273,11 @@ def fit(
     objective = objective.to(device)
     if x_test is not None:
         x_test, y_test = x_test.to(device), y_test.to(device)
-    with torch.no_grad():
-        num_classes = int(model(x[:1].to(device, torch.float32)).shape[-1])
+    with torch.no_grad():  # eval mode: a one-image probe must not move batch-norm statistics
+        was_training = model.training
+        probe = x[:1].to(device)
+        num_classes = int(model.eval()(probe if probe.dtype == torch.uint8 else probe.float()).shape[-1])
+        model.train(was_training)
     opt = make_sgd(model.parameters(), cfg, device)
     train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_FREE}
     train_cfg["precision"] = precision  # as resolved: "auto" may mean another thing on another machine
@@ -270,8 +285,11 @@ def fit(
     start = 0
     background = background_value(x)  # the input shift of a fresh MLP and the fill of jittered views
     if resume and checkpoint is not None and (Path(checkpoint) / "model.json").is_file():
-        saved, saved_meta, extra = load_checkpoint(checkpoint, expected_arch=cfg.arch)
-        saved_cfg = {k: v for k, v in saved_meta.get("train_config", {}).items() if k not in _RESUME_FREE}
+        weights, saved_meta, extra = read_checkpoint(checkpoint, expected_arch=cfg.arch)
+        # A setting added after the checkpoint was written counts as its default (old runs resume).
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in _RESUME_FREE}
+        saved_cfg = {**defaults, **{k: v for k, v in saved_meta.get("train_config", {}).items()
+                                    if k not in _RESUME_FREE}}
         if saved_cfg != train_cfg:
             changed = sorted(k for k in train_cfg.keys() | saved_cfg.keys() if saved_cfg.get(k) != train_cfg.get(k))
             raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
@@ -280,11 +298,13 @@ def fit(
         changed = sorted(k for k, v in wanted.items() if saved_meta.get(k) != v)
         if changed:
             raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
-        model.load_state_dict(saved.state_dict())
+        load_into(model, weights, str(checkpoint), cfg.arch)
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
     elif hasattr(model, "calibrate_input"):
         model.calibrate_input(background)  # a fresh start: the input shift is the inputs' background
+    elif hasattr(model, "calibrate_norm") and x.dim() == 4:
+        model.calibrate_norm(*channel_stats(x))  # images: the training inputs' per-channel statistics
 
     fused = cfg.fused and not cfg.compile and FusedMLPStep.supports(model)  # --compile asks for autograd
     if fused:
@@ -305,9 +325,13 @@ def fit(
         def grad_norm():
             return step.state["grad_norm"]
     views = getattr(objective, "views", 1)
-    if views > 1 and views != (2 * cfg.jitter + 1) ** 2:
-        raise DKError(f"the objective has targets for {views} jittered views, but jitter {cfg.jitter} draws "
-                      f"{(2 * cfg.jitter + 1) ** 2}")
+    if views > 1 and views != view_count(cfg.jitter, cfg.flip):
+        raise DKError(f"the objective has targets for {views} views, but jitter {cfg.jitter} and flip {cfg.flip} "
+                      f"draw {view_count(cfg.jitter, cfg.flip)}")
+    bank = getattr(objective, "bank_codes", None)
+    if bank is not None and (bank.shape[1] != len(x) or int(bank.max()) >= view_count(cfg.jitter, cfg.flip)):
+        raise DKError(f"the objective's view bank {tuple(bank.shape)} does not fit {len(x)} examples with jitter "
+                      f"{cfg.jitter} and flip {cfg.flip}")
     # Padded once (with the background level): a batch is then one index_select, jittered or not.
     source = pad_for_jitter(x, cfg.jitter, background)
     n, bs = len(x), cfg.batch_size
@@ -328,11 +352,15 @@ def fit(
         clipped = torch.zeros((), device=device)
         for i, step_index in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
             idx = perm[i * bs:(i + 1) * bs]
-            if views > 1:  # the objective's row for each example is the view it was drawn in
-                xb, code = gather_jittered(source, idx, cfg.jitter, gen, return_shift=True)
+            if bank is not None:  # a random slot of the bank: the view and its target go together
+                slot = torch.randint(0, len(bank), (len(idx),), device=device, generator=gen)
+                xb = apply_views(source, idx, bank[slot, idx], cfg.jitter, cfg.flip)
+                idx = slot * n + idx
+            elif views > 1:  # the objective's row for each example is the view it was drawn in
+                xb, code = gather_views(source, idx, cfg.jitter, cfg.flip, gen, return_code=True)
                 idx = idx * views + code
             else:
-                xb = gather_jittered(source, idx, cfg.jitter, gen)
+                xb = gather_views(source, idx, cfg.jitter, cfg.flip, gen)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step_index, steps_per_epoch)
             loss = step(xb, idx, gen)
@@ -353,12 +381,16 @@ def fit(
                           f"(grad_clip {cfg.grad_clip or 'off'})")
         if x_test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             record["test_errors"] = errors_from_logits(predict_logits(model, x_test), y_test, num_classes)["errors"]
+            if x_train_eval is not None:
+                record["train_errors"] = errors_from_logits(predict_logits(model, x_train_eval.to(device)),
+                                                            y_train_eval.to(device), num_classes)["errors"]
         record["seconds"] = round(time.perf_counter() - t0, 4)
         history.append(record)
         bar.set_postfix({k: v for k, v in record.items() if k in ("loss", "test_errors")}, refresh=False)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, {
-                **(meta or {}), "arch": cfg.arch, "in_features": int(x[0].numel()), "num_classes": num_classes,
+                **(meta or {}), "arch": cfg.arch, "in_features": int(x[0].numel()), "in_shape": list(x.shape[1:]),
+                "num_classes": num_classes,
                 "epoch": epoch + 1, "epochs": cfg.epochs, "train_config": train_cfg, "history": history,
             }, extra=_optim_tensors(opt))
     bar.close()

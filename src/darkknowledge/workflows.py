@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
-from darkknowledge.data import (Dataset, background_value, drop_classes, drop_labels, jittered_views, keep_classes,
-                                keep_fraction)
+from darkknowledge.data import (Dataset, background_value, balanced_fraction, bank_codes, drop_classes, drop_labels, jittered_views,
+                                keep_classes)
+from darkknowledge.losses import ensemble_probs
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import evaluate
 from darkknowledge.teachers import Teacher
@@ -46,7 +47,7 @@ def transfer_set(data: Dataset, cfg: TransferConfig, seed: int = 0) -> tuple[tor
     if cfg.only_classes:
         x, y = keep_classes(x, y, cfg.only_classes)
     if cfg.fraction < 1:
-        x, y = keep_fraction(x, y, cfg.fraction, seed)
+        x, y = balanced_fraction(x, y, cfg.fraction, seed)
     if len(y) == 0:
         raise DKError("the transfer set is empty after filtering")
     if cfg.unlabelled:
@@ -67,12 +68,16 @@ def check_teacher_fits(teacher: Teacher, data: Dataset) -> None:
 
 def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objective, cfg: TrainConfig,
                      out: str | Path | None = None, resume: bool = False, progress: bool = True,
-                     meta: dict[str, Any] | None = None) -> Result:
-    """Build ``cfg.arch``, fit it to ``objective`` over inputs ``x``, and evaluate it on the test split."""
+                     meta: dict[str, Any] | None = None,
+                     train_eval: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+    """Build ``cfg.arch``, fit it to ``objective`` over inputs ``x``, and evaluate it on the test split
+    (and, every evaluated epoch, on ``train_eval``'s examples too, if given)."""
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    model = new_model(cfg, data.in_features, data.num_classes)
-    history = fit(model, x, objective, cfg, x_test=data.x_test, y_test=data.y_test, checkpoint=out,
+    model = new_model(cfg, data.in_shape, data.num_classes)
+    x_tr, y_tr = train_eval if train_eval is not None else (None, None)
+    history = fit(model, x, objective, cfg, x_test=data.x_test, y_test=data.y_test, x_train_eval=x_tr,
+                  y_train_eval=y_tr, checkpoint=out,
                   meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress)
     seconds = time.perf_counter() - t0
     test = evaluate(model, data.x_test.to(device), data.y_test.to(device), data.num_classes)
@@ -81,16 +86,18 @@ def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objec
 
 def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = None, resume: bool = False,
           progress: bool = True, meta: dict[str, Any] | None = None,
-          transfer: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+          transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
+          train_eval: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Hard-label training of ``cfg.arch`` on the training split (or on ``transfer``)."""
     x, y = transfer if transfer is not None else (data.x_train, data.y_train)
-    return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta)
+    return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta, train_eval)
 
 
 def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: DistillConfig,
             tcfg: TransferConfig = TransferConfig(), out: str | Path | None = None, resume: bool = False,
             progress: bool = True, meta: dict[str, Any] | None = None,
-            transfer: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+            transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
+            train_eval: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Train ``cfg.arch`` on the teacher's soft targets at ``dcfg.temperature`` over the transfer set.
 
     The transfer set is the training split filtered by ``tcfg``, unless ``transfer`` gives it directly.
@@ -109,11 +116,18 @@ def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: 
             targets[:, code] = teacher.soft_targets(view, dcfg.temperature)
         objective = SoftTargets(targets.flatten(0, 1), y.to(device).repeat_interleave(views), dcfg, views)
         cfg = replace(cfg, jitter=k)
+    elif tcfg.view_bank:  # the student's own augmentation, on a bank of views with the teacher's targets
+        if not (cfg.jitter or cfg.flip):
+            raise DKError("view_bank needs an augmentation to draw views from: set jitter and/or flip")
+        codes = bank_codes(len(x), tcfg.view_bank, cfg.jitter, cfg.flip)
+        logits = teacher.bank_logits(x.to(device), codes, cfg.jitter, cfg.flip, background_value(x))
+        targets = ensemble_probs(logits.flatten(1, 2), dcfg.temperature, teacher.combine)
+        objective = SoftTargets(targets, y.to(device).repeat(tcfg.view_bank), dcfg, bank_codes=codes)
     else:
         objective = SoftTargets(teacher.soft_targets(x.to(device), dcfg.temperature), y, dcfg)
     meta = {"distill_config": dataclasses.asdict(dcfg), "transfer_config": dataclasses.asdict(tcfg),
             "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine, **(meta or {})}
-    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta)
+    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval)
 
 
 def match_logits(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, x: torch.Tensor,
