@@ -106,11 +106,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfgs = resolve(args, COMMAND_CONFIGS["train"])
     cfg, run = cfgs[TrainConfig], cfgs[RunConfig]
     out = Path(run.out)
+    if args.members > 1 or args.executor != "local":
+        return _train_members(args, cfg, run)
     _check_out(out, args.resume, args.overwrite)
     data = load_data(run.data)
     result = train(cfg.arch, data, cfg, out=out, resume=args.resume, progress=not args.no_progress)
     print_table([_result_row(result)], COLUMNS)
     print(f"checkpoint: {out}  summary: {_write_summary(out, [result], {'command': 'train'})}")
+    return 0
+
+
+def _train_members(args: argparse.Namespace, cfg: TrainConfig, run: RunConfig) -> int:
+    """``dk train --members N``: an ensemble of N seeds (cfg.seed onwards) in OUT/member0..N-1."""
+    from darkknowledge.data import load_data
+    from darkknowledge.ensembles import evaluate_ensemble, train_members
+    from darkknowledge.teachers import Teacher
+    from darkknowledge.training import resolve_device
+
+    out = Path(run.out)
+    if args.members < 1:
+        raise DKError(f"--members must be >= 1, got {args.members}")
+    for i in range(args.members):
+        _check_out(out / f"member{i}", args.resume, args.overwrite)
+    data = load_data(run.data)  # fail fast on bad data, before any member starts
+    outcomes = train_members(run.data, cfg, args.members, out, executor=args.executor, workers=args.workers,
+                             address=args.address, progress=not args.no_progress,
+                             log=lambda m: print(m, file=sys.stderr))
+    rows = [{"model": f"member{i}", "seed": cfg.seed + i,
+             **({"test_errors": o.value["test_errors"], "test_size": o.value["test_size"],
+                 "accuracy_%": round(100 * o.value["accuracy"], 2)} if o.ok else {"test_errors": "failed"}),
+             "seconds": round(o.seconds, 1)} for i, o in enumerate(outcomes)]
+    ok = [i for i, o in enumerate(outcomes) if o.ok]
+    if len(ok) > 1:
+        device = resolve_device(cfg.device)
+        teacher = Teacher.from_checkpoints([out / f"member{i}" for i in ok], device=device)
+        ens = evaluate_ensemble(teacher, data.x_test.to(device), data.y_test.to(device), data.num_classes)
+        for method in ("arithmetic", "geometric"):
+            rows.append({"model": f"ensemble ({method} mean)", "seed": "", "test_errors": ens[method],
+                         "test_size": ens["test_size"], "accuracy_%": round(100 * (1 - ens[method] / ens["test_size"]), 2),
+                         "seconds": ""})
+    print_table(rows, ("model", "seed", "test_errors", "test_size", "accuracy_%", "seconds"))
+    print(f"members: {out}/member0..{args.members - 1}  status: {out}/ensemble.json")
+    failed = [f"member{i}: {o.error}" for i, o in enumerate(outcomes) if not o.ok]
+    if failed:
+        print("failed: " + "; ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -190,23 +230,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from darkknowledge.experiments.mnist import reproduce
-
     scale = "quick" if args.quick else args.scale
     if not args.data_dir:
-        raise DKError("reproduce mnist needs --data-dir: a directory with the canonical MNIST IDX files "
-                      "(e.g. from `python ../shared/tools/datasets.py install DIR --only mnist`)")
+        what = {"mnist": "the canonical MNIST IDX files", "cifar10": "the CIFAR-10 pickles"}[args.experiment]
+        raise DKError(f"reproduce {args.experiment} needs --data-dir: a directory with {what} (e.g. from "
+                      f"`python ../shared/tools/datasets.py install DIR --only {args.experiment}`)")
     if args.resume and args.overwrite:
         raise DKError("give --resume or --overwrite, not both")
-    out = Path(args.out or f"runs/mnist-{scale}")
-    results = reproduce(args.data_dir, out, scale=scale, seeds=args.seeds, device=args.device,
-                        progress=not args.no_progress, workers=args.workers, resume=args.resume,
-                        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    out = Path(args.out or f"runs/{args.experiment}-{scale}")
+    common = dict(scale=scale, seeds=args.seeds, device=args.device, progress=not args.no_progress,
+                  workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+                  log=lambda m: print(m, file=sys.stderr))
+    if args.experiment == "cifar10":
+        from darkknowledge.experiments.cifar10 import reproduce as reproduce_cifar10
+
+        results = reproduce_cifar10(args.data_dir, out, executor=args.executor, address=args.address, **common)
+    else:
+        if args.executor != "local":
+            raise DKError("reproduce mnist runs its stages locally (--workers); --executor ray is for cifar10")
+        from darkknowledge.experiments.mnist import reproduce
+
+        results = reproduce(args.data_dir, out, **common)
     from darkknowledge.experiments.report import fmt_measured
 
-    print_table([{**r, "measured": fmt_measured(r)} for r in results["rows"]],
-                ("experiment", "metric", "paper", "measured", "status", "seconds"))
-    for k, v in results["bias_offsets"].items():
+    print_table([{**r, "measured": fmt_measured(r), "paper": "" if r["paper"] is None else r["paper"]}
+                 for r in results["rows"]], ("experiment", "metric", "paper", "measured", "status", "seconds"))
+    for k, v in results.get("bias_offsets", {}).items():
         print(f"{k}: bias offset fitted on validation {v['validation_fitted']}, test-optimal {v['test_optimal']}, "
               f"paper {v['paper']}")
     failed = [s for s in results["stages"] if s["status"] == "failed"]
@@ -234,6 +283,16 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_executor_flags(p, stages: bool = False) -> None:
+    what = "stages whose inputs are ready" if stages else "members"
+    p.add_argument("--workers", type=int, default=1,
+                   help=f"{what} run in this many processes (or Ray tasks) at once (default: 1)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine's processes; ray: Ray tasks, each retried from its epoch checkpoint "
+                        "if its worker dies (needs the ray extra) (default: local)")
+    p.add_argument("--address", help="with --executor ray: an existing Ray cluster (default: start a local one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dk", description="Knowledge distillation (Hinton, Vinyals & Dean 2015).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
         add_config_flags(p, COMMAND_CONFIGS[name])
         p.set_defaults(func=func)
+        if name == "train":
+            g = p.add_argument_group("ensembles")
+            g.add_argument("--members", type=int, default=1,
+                           help="train this many members (seeds --seed onwards) into OUT/member0.. (default: 1)")
+            add_executor_flags(g)
 
     p = sub.add_parser("evaluate", help="test errors of a checkpoint, optionally with output-bias offsets")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
@@ -261,16 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reproduce", help="reproduce a paper experiment end to end (paper vs measured table)")
-    p.add_argument("experiment", choices=["mnist"], help="which experiment family (paper section 3: mnist)")
-    p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files")
-    p.add_argument("--out", help="output directory (default: runs/mnist-SCALE)")
+    p.add_argument("experiment", choices=["mnist", "cifar10"],
+                   help="which experiment family (paper section 3: mnist; sections 4 and 6: cifar10)")
+    p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files or CIFAR pickles")
+    p.add_argument("--out", help="output directory (default: runs/EXPERIMENT-SCALE)")
     p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3 at full scale, 1 quick or smoke)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--scale", choices=["full", "quick", "smoke"], default="full",
                    help="full: paper scale; quick: minutes on 2 CPU cores; smoke: seconds, for tests")
     p.add_argument("--quick", action="store_true", help="same as --scale quick")
-    p.add_argument("--workers", type=int, default=1,
-                   help="stages whose inputs are ready run in this many processes at once (default: 1)")
+    add_executor_flags(p, stages=True)
     p.add_argument("--resume", action="store_true",
                    help="continue the reproduction in --out: finished stages are kept, the cut-off one resumes "
                         "from its epoch checkpoint, failed ones are retried")

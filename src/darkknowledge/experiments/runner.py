@@ -62,6 +62,9 @@ def read_records(out: Path, stages: list[Stage]) -> dict[str, dict[str, Any]]:
 
 
 def _failure(e: BaseException) -> str:
+    cause = getattr(e, "cause", None)  # a Ray task's own exception
+    if isinstance(cause, BaseException):
+        return _failure(cause)
     if isinstance(e, DKError):
         return str(e)
     frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
@@ -71,7 +74,8 @@ def _failure(e: BaseException) -> str:
 
 def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], out: Path, *,
                report: Callable[[dict[str, dict[str, Any]]], None], resume: bool = False, workers: int = 1,
-               progress: bool = True, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+               progress: bool = True, log: Callable[[str], None] = print, executor: str = "local",
+               address: str | None = None) -> dict[str, dict[str, Any]]:
     """Run ``stages`` (dependencies before dependants), recording each; returns all records.
 
     Args:
@@ -82,6 +86,9 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
         report: called with all records after every stage (writes results files).
         resume: keep stages already done in ``out``; otherwise they are run again.
         workers: stages run in this many processes at once (1: in this process).
+        executor: ``local`` (a process pool when ``workers > 1``) or ``ray``: every stage a Ray task (on a
+            local instance or the cluster at ``address``), ``workers`` at once, each retried by Ray if its
+            worker dies; stage functions resume from their epoch checkpoints, so a retry loses at most an epoch.
     """
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -132,7 +139,7 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
     report(records)
     todo = [s for s in stages if records[s.name]["status"] == PENDING]
     try:
-        if workers == 1:
+        if workers == 1 and executor == "local":
             for stage in todo:
                 reason = blocked(stage)
                 if reason:
@@ -149,7 +156,7 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
                 else:
                     finish(stage, {"status": DONE, "result": result, "seconds": time.perf_counter() - t0})
         else:
-            _run_parallel(todo, execute, records, workers, blocked, finish, show_running)
+            _run_parallel(todo, execute, records, workers, blocked, finish, show_running, executor, address)
     finally:
         bar.close()
     return records
@@ -181,15 +188,53 @@ def critical_path(stages: list[Stage]) -> dict[str, float]:
     return path
 
 
-def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, finish, show_running) -> None:
-    """Submit each ready stage, longest critical path first; record results as they arrive."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
+class _Pool:
+    """``submit(fn, arg) -> handle`` and ``wait(handles, timeout) -> finished`` over a process pool or Ray."""
 
+    def __init__(self, executor: str, workers: int, address: str | None) -> None:
+        self.executor = executor
+        if executor == "ray":
+            from darkknowledge.executors import ray_init
+
+            self.ray = ray_init(address)
+            total = self.ray.cluster_resources().get("CPU", workers)
+            self.cpus = max(1.0, total / workers)
+        else:
+            import concurrent.futures as cf
+            import multiprocessing as mp
+
+            self.pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+
+    def submit(self, fn, arg):
+        if self.executor == "ray":
+            return self.ray.remote(num_cpus=self.cpus, max_retries=3)(fn).remote(arg)
+        return self.pool.submit(fn, arg)
+
+    def wait(self, handles, timeout: float):
+        if self.executor == "ray":
+            ready, _ = self.ray.wait(list(handles), num_returns=1, timeout=timeout)
+            return ready
+        import concurrent.futures as cf
+
+        finished, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return finished
+
+    def result(self, handle):
+        return self.ray.get(handle) if self.executor == "ray" else handle.result()
+
+    def close(self) -> None:
+        if self.executor != "ray":
+            self.pool.shutdown()
+
+
+def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, finish, show_running,
+                  executor: str = "local", address: str | None = None) -> None:
+    """Submit each ready stage, longest critical path first; record results as they arrive."""
     path = critical_path(todo)
     waiting = sorted(todo, key=lambda s: -path[s.name])  # stable: ties keep the experiment's order
-    running: dict[cf.Future, tuple[Stage, float]] = {}
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    running: dict[Any, tuple[Stage, float]] = {}
+    pool = _Pool(executor, workers, address)
+    try:
         while waiting or running:
             for stage in list(waiting):
                 reason = blocked(stage)
@@ -204,13 +249,15 @@ def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, fi
                 if waiting:  # nothing runs and nothing can start: the dependencies form a cycle
                     raise ValueError(f"stages {[s.name for s in waiting]} wait on each other")
                 continue
-            finished, _ = cf.wait(running, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            finished = pool.wait(running, timeout=1.0)
             show_running([s.name for s, _ in running.values()])  # and the elapsed time ticks on
             for fut in finished:
                 stage, t0 = running.pop(fut)
                 try:
-                    result = fut.result()
+                    result = pool.result(fut)
                 except Exception as e:
                     finish(stage, {"status": FAILED, "error": _failure(e), "seconds": time.perf_counter() - t0})
                 else:
                     finish(stage, {"status": DONE, "result": result, "seconds": time.perf_counter() - t0})
+    finally:
+        pool.close()
