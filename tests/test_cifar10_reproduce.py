@@ -1,0 +1,51 @@
+"""`dk reproduce cifar10` at smoke scale on real CIFAR-10: every stage, the results contract, the plot."""
+
+import json
+
+import pytest
+
+from conftest import run_dk
+
+EXPERIMENTS = {"single", "ensemble", "ensemble_geometric", "distilled_from_ensemble", "distilled_from_geometric",
+               "gain_kept_percent", "hard_3pct", "soft_3pct", "hard_100pct", "gap_recovered_percent"}
+
+
+@pytest.fixture(scope="module")
+def smoke(cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("c10") / "run"
+    r = run_dk("reproduce", "cifar10", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
+               "--no-progress", timeout=900)
+    return r, out
+
+
+def test_smoke_reproduction_writes_the_results_contract(smoke):
+    r, out = smoke
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    rows = {row["experiment"]: row for row in res["rows"]}
+    assert EXPERIMENTS <= set(rows)
+    for name in EXPERIMENTS:
+        row = rows[name]
+        assert row["status"] == "done", (name, row)
+        assert {"metric", "paper", "mean", "std", "seeds", "values", "seconds"} <= set(row)
+    for name in ("single", "ensemble", "distilled_from_ensemble", "hard_3pct", "soft_3pct"):
+        assert 0 <= rows[name]["mean"] <= 100
+    assert res["stages_done"] == res["stages_total"] and res["test_size"] == 10_000
+    assert {s["temperature"] for s in res["temperature_selection"]} == {2.0, 5.0}
+    tc = res["teacher_cost"]
+    assert tc["bank_seconds"] > 0 and tc["cache_hits"] >= 1  # the students drew on the bank, not the members
+    assert (out / "results.md").read_text().count("|") > 50 and (out / "small_data.png").stat().st_size > 1000
+    assert "gap_recovered_percent" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_resume_of_a_finished_reproduction_runs_nothing(smoke, cifar_dir):
+    _, out = smoke
+    r = run_dk("reproduce", "cifar10", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
+               "--resume", "--no-progress", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "resuming: 9 of 9 stages already done" in r.stderr
+
+
+def test_reproduce_cifar10_refuses_a_directory_without_cifar(tmp_path):
+    r = run_dk("reproduce", "cifar10", "--scale", "smoke", "--data-dir", tmp_path, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "batches.meta not found" in r.stderr and "Traceback" not in r.stderr
