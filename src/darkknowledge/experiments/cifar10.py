@@ -31,14 +31,13 @@ import torch
 
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, build_configs, load_yaml
-from darkknowledge.data import Dataset, balanced_fraction, bank_codes, background_value, load_cifar, split_validation
-from darkknowledge.ensembles import evaluate_ensemble, member_task
+from darkknowledge.data import Dataset, balanced_fraction, bank_codes, background_value
+from darkknowledge.ensembles import evaluate_ensemble, load_split, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits
 from darkknowledge.experiments.mnist import prepare_out
 from darkknowledge.experiments.report import fmt_measured, git_commit, hardware, mean_std, save_figure, seed_row, stage_table
 from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages
-from darkknowledge.losses import ensemble_probs
 from darkknowledge.teachers import Teacher, predict_logits
 from darkknowledge.training import resolve_device, resolve_precision
 from darkknowledge.workflows import Result, distill, train
@@ -121,18 +120,13 @@ _DATA: dict[tuple, tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 def load_data_for(data_dir: str | Path, sc: Scale, device: torch.device) -> tuple[Dataset, tuple]:
-    """CIFAR-10 with ``val_size`` images carved off the training split (a seeded permutation: the files are
-    class-major), trimmed to ``train_limit`` first where set; resident on ``device``."""
+    """CIFAR-10 split as the members see it (``ensembles.load_split``: ``train_limit`` images of a seeded
+    permutation, then ``val_size`` of them carved off for validation), resident on ``device``; cached."""
     key = (str(data_dir), sc.train_limit, sc.val_size, str(device))
     if key not in _DATA:
-        data = load_cifar(data_dir, "cifar10")
-        x, y = data.x_train, data.y_train
-        if sc.train_limit:
-            keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:sc.train_limit].sort().values
-            x, y = x[keep], y[keep]
-        x, y, xv, yv = split_validation(x, y, sc.val_size, seed=0)
-        data = replace(data, x_train=x.to(device), y_train=y.to(device), x_test=data.x_test.to(device),
-                       y_test=data.y_test.to(device))
+        data, (xv, yv) = load_split(member_source(data_dir), sc.val_size, sc.train_limit)
+        data = replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device),
+                       x_test=data.x_test.to(device), y_test=data.y_test.to(device))
         _DATA[key] = (data, (xv.to(device), yv.to(device)))
     return _DATA[key]
 
