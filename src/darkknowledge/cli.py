@@ -1,4 +1,4 @@
-"""The ``dk`` command line: demo, train, distill, evaluate, reproduce, export, archs.
+"""The ``dk`` command line: demo, train, distill, evaluate, specialists, reproduce, export, archs.
 
 Every command takes an optional YAML recipe (``--config``) and flags; flags override the recipe,
 which overrides the dataclass defaults in ``darkknowledge.config``. Bad input ends in one line on
@@ -232,7 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     scale = "quick" if args.quick else args.scale
     if not args.data_dir:
-        what = {"mnist": "the canonical MNIST IDX files", "cifar10": "the CIFAR-10 pickles"}[args.experiment]
+        what = {"mnist": "the canonical MNIST IDX files", "cifar10": "the CIFAR-10 pickles",
+                "cifar100": "the CIFAR-100 pickles"}[args.experiment]
         raise DKError(f"reproduce {args.experiment} needs --data-dir: a directory with {what} (e.g. from "
                       f"`python ../shared/tools/datasets.py install DIR --only {args.experiment}`)")
     if args.resume and args.overwrite:
@@ -245,9 +246,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from darkknowledge.experiments.cifar10 import reproduce as reproduce_cifar10
 
         results = reproduce_cifar10(args.data_dir, out, executor=args.executor, address=args.address, **common)
+    elif args.experiment == "cifar100":
+        from darkknowledge.experiments.cifar100 import reproduce as reproduce_cifar100
+
+        results = reproduce_cifar100(args.data_dir, out, executor=args.executor, address=args.address, **common)
     else:
         if args.executor != "local":
-            raise DKError("reproduce mnist runs its stages locally (--workers); --executor ray is for cifar10")
+            raise DKError("reproduce mnist runs its stages locally (--workers); --executor ray is for cifar10 and cifar100")
         from darkknowledge.experiments.mnist import reproduce
 
         results = reproduce(args.data_dir, out, **common)
@@ -281,6 +286,183 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
     print_table([{"name": k, "description": v.description} for k, v in ARCHITECTURES.items()], ("name", "description"))
     return 0
+
+
+def _specialist_data(args: argparse.Namespace):
+    from darkknowledge.ensembles import load_split
+
+    if args.val_size < 1:
+        raise DKError(f"--val-size must be >= 1 (the clusters are chosen on a validation split), got {args.val_size}")
+    return load_split(args.data, args.val_size, 0, args.split_seed)
+
+
+def _generalist(path: str, data, device):
+    from darkknowledge.checkpoint import load_checkpoint
+
+    model, meta, _ = load_checkpoint(path, device=device)
+    if meta["num_classes"] != data.num_classes:
+        raise DKError(f"generalist {path} predicts {meta['num_classes']} classes but the data ({data.name}) has "
+                      f"{data.num_classes}")
+    return model, meta
+
+
+def cmd_specialists_cluster(args: argparse.Namespace) -> int:
+    """Covariance of the generalist's predictions on the validation split -> overlapping class subsets."""
+    import numpy as np
+    import torch
+
+    from darkknowledge import specialists as sp
+    from darkknowledge.experiments.cifar100 import plot_clusters
+    from darkknowledge.teachers import predict_logits
+    from darkknowledge.training import resolve_device
+
+    device = resolve_device(args.device)
+    data, (xv, _) = _specialist_data(args)
+    model, _ = _generalist(args.generalist, data, device)
+    probs = torch.softmax(predict_logits(model, xv.to(device)), -1).cpu()
+    cov = sp.prediction_covariance(probs)
+    subsets = sp.cluster_classes(cov, args.specialists, args.max_classes, min_size=args.min_classes, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sp.save_clusters(out / "clusters.json", subsets, data.num_classes, data.class_names,
+                     {"generalist": args.generalist, "data": args.data, "val_size": args.val_size,
+                      "split_seed": args.split_seed})
+    plot_clusters(cov, subsets, out / "clusters.png", data.class_names)
+    names = data.class_names or tuple(str(i) for i in range(data.num_classes))
+    print_table([{"specialist": f"m{m}", "classes": len(s), "names": ", ".join(names[k] for k in s)}
+                 for m, s in enumerate(subsets)], ("specialist", "classes", "names"))
+    cov_counts = np.bincount(sp.coverage(subsets, data.num_classes))
+    print(f"classes covered by 0, 1, 2, ... specialists: {cov_counts.tolist()}; wrote {out}/clusters.json and "
+          f"{out}/clusters.png")
+    return 0
+
+
+def cmd_specialists_train(args: argparse.Namespace) -> int:
+    """One specialist per subset of a clusters file, through the executor interface."""
+    import dataclasses
+
+    from darkknowledge import specialists as sp
+    from darkknowledge.executors import run_tasks
+
+    if not args.config:  # the specialist recipe (fine-tuning from the generalist), then flags
+        from importlib.resources import files
+
+        args.config = str(files("darkknowledge.recipes.cifar100") / "specialist.yaml")
+    cfg = resolve(args, (TrainConfig,))[TrainConfig]
+    subsets, doc = sp.load_clusters(args.clusters)
+    data, _ = _specialist_data(args)
+    _, gmeta = _generalist(args.generalist, data, "cpu")
+    if doc.get("num_classes") != data.num_classes:
+        raise DKError(f"clusters file {args.clusters} is for {doc.get('num_classes')} classes, the data has "
+                      f"{data.num_classes}")
+    cfg = dataclasses.replace(cfg, arch=gmeta["arch"])
+    out = Path(args.out)
+    for m in range(len(subsets)):
+        _check_out(out / f"m{m}", args.resume, args.overwrite)
+    tasks = [{"data": args.data, "val_size": args.val_size, "limit": 0, "generalist": args.generalist,
+              "subset": s, "name": f"m{m}", "out": str(out / f"m{m}"),
+              "config": dataclasses.asdict(dataclasses.replace(cfg, seed=cfg.seed + m)),
+              "soft_weight": args.soft_weight, "temperature": args.temperature, "views": args.views,
+              "cache_dir": str(out / "cache"), "progress": not args.no_progress and args.workers == 1}
+             for m, s in enumerate(subsets)]
+    outcomes = run_tasks(sp.specialist_task, tasks, executor=args.executor, workers=args.workers,
+                         address=args.address, progress=not args.no_progress, desc="specialists")
+    rows = [{"specialist": f"m{m}", "classes": len(subsets[m]),
+             **({"special_test_accuracy_%": round(100 * o.value["special_test_accuracy"], 2),
+                 "dustbin_offset": round(o.value["dustbin_offset"], 3)} if o.ok else {"special_test_accuracy_%": "failed"}),
+             "seconds": round(o.seconds, 1)} for m, o in enumerate(outcomes)]
+    print_table(rows, ("specialist", "classes", "special_test_accuracy_%", "dustbin_offset", "seconds"))
+    failed = [f"m{m}: {o.error}" for m, o in enumerate(outcomes) if not o.ok]
+    if failed:
+        print("failed: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    print(f"specialists: {out}/m0..m{len(subsets) - 1}")
+    return 0
+
+
+def cmd_specialists_evaluate(args: argparse.Namespace) -> int:
+    """Generalist vs generalist + specialists on the test split, by coverage of the true class (table 4)."""
+    import torch
+
+    from darkknowledge import specialists as sp
+    from darkknowledge.data import load_data
+    from darkknowledge.teachers import predict_logits
+    from darkknowledge.training import resolve_device
+
+    device = resolve_device(args.device)
+    data = load_data(args.data)
+    gen, _ = _generalist(args.generalist, data, device)
+    dirs = sorted((p for p in Path(args.specialists).iterdir() if (p / "model.json").is_file()),
+                  key=lambda p: (len(p.name), p.name)) if Path(args.specialists).is_dir() else []
+    if not dirs:
+        raise DKError(f"no specialist checkpoints under {args.specialists}")
+    specs = [sp.load_specialist(d, device=device) for d in dirs]
+    x, y = data.x_test.to(device), data.y_test.to(device)
+    pg = torch.softmax(predict_logits(gen, x), -1)
+    q, active = sp.combined_probs(pg, specs, x, args.top_n)
+    result = sp.evaluate(pg, q, y, [s for _, s, _ in specs])
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print_table([{"covered_by": r["k"], "test_examples": r["examples"],
+                  "generalist_%": round(100 * r["generalist_accuracy"], 2),
+                  "combined_%": round(100 * r["combined_accuracy"], 2),
+                  "relative_gain_%": round(r["relative_gain_percent"], 2)} for r in result["covered_by"]],
+                ("covered_by", "test_examples", "generalist_%", "combined_%", "relative_gain_%"))
+    print(f"all {result['test_size']} test examples: generalist {100 * result['generalist_accuracy']:.2f}%, "
+          f"generalist + {len(specs)} specialists {100 * result['combined_accuracy']:.2f}% "
+          f"({float(active.sum(1).float().mean()):.2f} active per example, top_n {args.top_n})")
+    return 0
+
+
+def add_specialists_parser(sub) -> None:
+    p = sub.add_parser("specialists", help="paper section 5: cluster confusable classes, train specialists, evaluate")
+    ssub = p.add_subparsers(dest="action", required=True)
+
+    def common(q, val: bool = True, device: bool = True) -> None:
+        q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        q.add_argument("--generalist", required=True, help="the generalist's checkpoint directory")
+        q.add_argument("--data", required=True, help="data source, e.g. cifar100:DIR")
+        if val:
+            q.add_argument("--val-size", type=int, default=5000,
+                           help="validation images carved off the training split, as the generalist was trained "
+                                "(default: 5000)")
+            q.add_argument("--split-seed", type=int, default=0, help="seed of that split (default: 0)")
+        if device:
+            q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+    q = ssub.add_parser("cluster", help="cluster the classes the generalist confuses (MiniBatchKMeans)")
+    common(q)
+    q.add_argument("--specialists", type=int, default=10, help="how many class subsets (default: 10)")
+    q.add_argument("--max-classes", type=int, default=10, help="classes per subset at most (default: 10)")
+    q.add_argument("--min-classes", type=int, default=2, help="classes per subset at least (default: 2)")
+    q.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
+    q.add_argument("--out", required=True, help="directory for clusters.json and clusters.png")
+    q.set_defaults(func=cmd_specialists_cluster)
+
+    q = ssub.add_parser("train", help="one specialist per subset, initialised from the generalist")
+    common(q, device=False)  # --device is one of the training flags
+    q.add_argument("--clusters", required=True, help="clusters.json from `dk specialists cluster`")
+    q.add_argument("--out", required=True, help="specialists go to OUT/m0, OUT/m1, ...")
+    q.add_argument("--config", help="YAML recipe (flat mapping; flags override it; default: the specialist recipe, "
+                                    "recipes/cifar100/specialist.yaml)")
+    q.add_argument("--soft-weight", type=float, default=0.0,
+                   help="weight of the generalist's soft targets as an extra term (paper 6.1; 0: off, the default)")
+    q.add_argument("--temperature", type=float, default=2.0, help="temperature of those soft targets (default: 2)")
+    q.add_argument("--views", type=int, default=4, help="augmented views in their target bank (default: 4)")
+    q.add_argument("--resume", action="store_true", help="continue unfinished specialists in --out")
+    q.add_argument("--overwrite", action="store_true", help="replace specialists already in --out")
+    add_config_flags(q, (TrainConfig,))
+    add_executor_flags(q)
+    q.set_defaults(func=cmd_specialists_train)
+
+    q = ssub.add_parser("evaluate", help="generalist vs generalist + specialists on the test split (table 4)")
+    common(q, val=False)
+    q.add_argument("--specialists", required=True, help="directory of specialist checkpoints (OUT of train)")
+    q.add_argument("--top-n", type=int, default=1,
+                   help="a specialist is active where its classes meet the generalist's top N (default: 1)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    q.set_defaults(func=cmd_specialists_evaluate)
 
 
 def add_executor_flags(p, stages: bool = False) -> None:
@@ -325,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reproduce", help="reproduce a paper experiment end to end (paper vs measured table)")
-    p.add_argument("experiment", choices=["mnist", "cifar10"],
-                   help="which experiment family (paper section 3: mnist; sections 4 and 6: cifar10)")
+    p.add_argument("experiment", choices=["mnist", "cifar10", "cifar100"],
+                   help="which experiment family (paper section 3: mnist; sections 4 and 6: cifar10; "
+                        "section 5, specialists: cifar100)")
     p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files or CIFAR pickles")
     p.add_argument("--out", help="output directory (default: runs/EXPERIMENT-SCALE)")
     p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3 at full scale, 1 quick or smoke)")
@@ -341,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard a previous reproduction in --out")
     p.set_defaults(func=cmd_reproduce)
 
+    add_specialists_parser(sub)
+
     p = sub.add_parser("export", help="write a checkpoint as ONNX and check it in onnxruntime")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
     p.add_argument("--out", required=True, help="ONNX file to write")
@@ -350,8 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("archs", help="list the registered architectures")
     p.set_defaults(func=cmd_archs)
 
-    for p in sub.choices.values():
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for name, p in sub.choices.items():
+        if name != "specialists":  # its actions have their own
+            p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +136,14 @@ class MatchLogits:
 Objective = HardLabels | SoftTargets | MatchLogits
 
 
+class Sampler(Protocol):
+    """An epoch's order of examples: ``len(sampler)`` indices, drawn with the epoch's generator."""
+
+    def __len__(self) -> int: ...
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor: ...
+
+
 def new_model(cfg: TrainConfig, in_shape: int | tuple[int, ...], num_classes: int) -> nn.Module:
     """Build ``cfg.arch`` for inputs of ``in_shape`` with weights initialised from ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
@@ -241,6 +249,7 @@ def fit(
     resume: bool = False,
     desc: str = "train",
     progress: bool = True,
+    sampler: "Sampler | None" = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on inputs ``x [N, H, W]`` against ``objective`` for ``cfg.epochs`` epochs.
 
@@ -260,6 +269,8 @@ def fit(
         meta: extra JSON fields stored in the checkpoint (data source, teacher, distill config...).
         resume: continue from ``checkpoint`` if it holds an unfinished run of the same config.
         desc, progress: progress-bar label and switch.
+        sampler: the order of examples in each epoch (``len(sampler)`` indices into ``x`` from
+            ``sampler(generator)``, e.g. the specialists' half-special batches); default: a permutation of all.
 
     Returns:
         The per-epoch history: ``[{"epoch", "loss", "loss_max", "seconds", "test_errors"?, ...}, ...]``;
@@ -335,7 +346,8 @@ def fit(
     # Padded once (with the background level): a batch is then one index_select, jittered or not.
     source = pad_for_jitter(x, cfg.jitter, background)
     n, bs = len(x), cfg.batch_size
-    steps_per_epoch = math.ceil(n / bs)
+    shown = len(sampler) if sampler is not None else n  # examples per epoch
+    steps_per_epoch = math.ceil(shown / bs)
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
                unit="epoch", leave=False, mininterval=0.5)
     for epoch in bar:
@@ -343,7 +355,7 @@ def fit(
         torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout on the autograd path
         gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch))
         model.train()
-        perm = torch.randperm(n, device=device, generator=gen)
+        perm = sampler(gen) if sampler is not None else torch.randperm(n, device=device, generator=gen)
         # Running sums stay on the device: no host sync per step.
         loss_sum = torch.zeros((), device=device)
         loss_max = torch.full((), -math.inf, device=device)
@@ -371,7 +383,7 @@ def fit(
                 torch.maximum(norm_max, g, out=norm_max)
                 norm_sum += g
                 clipped += g > cfg.grad_clip
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / n, "loss_max": float(loss_max)}
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / shown, "loss_max": float(loss_max)}
         if cfg.grad_clip > 0:
             record.update(grad_norm_max=round(float(norm_max), 4),
                           grad_norm_mean=round(float(norm_sum) / steps_per_epoch, 4), clipped_steps=int(clipped))

@@ -1,0 +1,342 @@
+"""Specialists (paper section 5): a generalist, clusters of classes it confuses, one specialist per cluster,
+and their combination at inference by minimising a sum of KL divergences (``combine``).
+
+- ``prediction_covariance`` / ``cluster_classes`` (section 5.3): the covariance of the generalist's
+  predicted probabilities over a validation split; classes clustered with scikit-learn's
+  ``MiniBatchKMeans`` (several runs with different cluster counts), the candidate clusters of bounded
+  size ranked by how much their classes are confused with each other, the best K kept. Subsets may
+  overlap, so classes end up covered by 0, 1, 2 or more specialists.
+- ``specialist_model`` / ``specialist_task`` (section 5.2): the generalist's architecture and weights
+  with a new head over the special classes plus one dustbin class; each epoch shows every special example
+  once and as many random others (``HalfAndHalf``: every batch half special, half the rest), then
+  log(oversampling factor) is added to the dustbin logit. Optionally (section 6.1) the generalist's soft
+  targets, on the same augmented views, as an extra term against over-fitting.
+- ``specialist_probs`` and ``combine`` (section 5.4) at inference; ``evaluate`` scores the combination
+  against the generalist by how many specialists cover each test example's true class (table 4).
+
+Specialists are independent ``specialist_task`` calls: any executor (``executors.run_tasks``: local,
+process pool, Ray) runs them, each resuming from its epoch checkpoint when retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from darkknowledge.checkpoint import atomic_write_json, load_checkpoint, read_checkpoint
+from darkknowledge.combine import active_specialists, combine, membership
+from darkknowledge.config import DistillConfig, TrainConfig
+from darkknowledge.data import background_value, bank_codes
+from darkknowledge.errors import DKError
+from darkknowledge.teachers import Teacher, predict_logits
+from darkknowledge.training import HardLabels, SoftTargets, fit, resolve_device
+
+__all__ = ["combine", "active_specialists", "prediction_covariance", "cluster_classes", "coverage",
+           "specialist_model", "HalfAndHalf", "specialist_task", "specialist_probs", "evaluate",
+           "load_clusters", "save_clusters"]
+
+
+# ---- clustering (section 5.3) ----------------------------------------------------------------------------
+
+def prediction_covariance(probs: torch.Tensor) -> np.ndarray:
+    """``[C, C]`` covariance of the predicted class probabilities ``probs [N, C]`` over examples."""
+    return np.cov(probs.double().cpu().numpy(), rowvar=False)
+
+
+def _correlation(cov: np.ndarray) -> np.ndarray:
+    sd = np.sqrt(np.clip(np.diag(cov), 1e-30, None))
+    return cov / sd[:, None] / sd[None, :]
+
+
+def cluster_classes(cov: np.ndarray, specialists: int, max_size: int, *, min_size: int = 2,
+                    cluster_counts: Sequence[int] | None = None, seed: int = 0) -> list[list[int]]:
+    """``specialists`` subsets of 2..``max_size`` classes that the covariance ``cov`` says are confused.
+
+    Each class is described by its row of the correlation matrix (who it is predicted together with);
+    ``MiniBatchKMeans`` clusters the rows once per entry of ``cluster_counts`` (default: C/max_size, 1.5x and
+    2x that, so clusters of several granularities overlap); a cluster larger than ``max_size`` keeps the
+    ``max_size`` classes nearest its centre. Candidates are ranked by the mean correlation between their
+    classes; the ``specialists`` best are returned, classes sorted, skipping (while others remain) any that
+    shares more than half its classes with one already chosen.
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    c = cov.shape[0]
+    if cov.shape != (c, c):
+        raise DKError(f"the covariance matrix must be square, got {cov.shape}")
+    if not 2 <= min_size <= max_size < c:
+        raise DKError(f"cluster sizes must satisfy 2 <= min_size ({min_size}) <= max_size ({max_size}) < {c} classes")
+    if specialists < 1:
+        raise DKError(f"specialists must be >= 1, got {specialists}")
+    corr = _correlation(cov)
+    base = max(2, math.ceil(c / max_size))
+    counts = list(cluster_counts) if cluster_counts else [base, round(base * 1.5), base * 2]
+    candidates: dict[tuple[int, ...], float] = {}
+    for r, k in enumerate(counts):
+        if not 2 <= k < c:
+            raise DKError(f"cluster counts must be in 2..{c - 1}, got {k}")
+        km = MiniBatchKMeans(n_clusters=k, random_state=seed * 1000 + r, n_init=10, batch_size=max(256, c))
+        labels = km.fit_predict(corr)
+        for j in range(k):
+            members = np.flatnonzero(labels == j)
+            if len(members) > max_size:  # keep the classes nearest the centre
+                dist = ((corr[members] - km.cluster_centers_[j]) ** 2).sum(1)
+                members = members[np.argsort(dist, kind="stable")[:max_size]]
+            if len(members) < min_size:
+                continue
+            key = tuple(sorted(int(i) for i in members))
+            block = corr[np.ix_(key, key)]
+            candidates[key] = float((block.sum() - np.trace(block)) / (len(key) * (len(key) - 1)))
+    ranked = [list(key) for key, _ in sorted(candidates.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if len(ranked) < specialists:
+        raise DKError(f"clustering found {len(ranked)} distinct clusters of {min_size}..{max_size} classes, "
+                      f"fewer than the {specialists} specialists asked for; raise max_size or the cluster counts")
+    # Best first, but a candidate sharing more than half its classes with one already chosen waits until the
+    # distinct ones run out: overlaps stay (classes covered twice or more) without near-duplicate specialists.
+    chosen: list[list[int]] = []
+    for cand in ranked:
+        if len(chosen) < specialists and all(len(set(cand) & set(s)) * 2 <= len(cand) for s in chosen):
+            chosen.append(cand)
+    chosen += [cand for cand in ranked if cand not in chosen][:specialists - len(chosen)]
+    return chosen
+
+
+def coverage(subsets: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """``[C]`` how many subsets hold each class."""
+    return membership(subsets, num_classes).sum(0).numpy()
+
+
+def save_clusters(path: str | Path, subsets: Sequence[Sequence[int]], num_classes: int,
+                  class_names: Sequence[str] = (), extra: dict[str, Any] | None = None) -> None:
+    """The subsets with their class names and the coverage counts, as JSON (``load_clusters`` reads it)."""
+    names = list(class_names) or [str(i) for i in range(num_classes)]
+    cov = coverage(subsets, len(names))
+    atomic_write_json(Path(path), {
+        "num_classes": len(names), "class_names": names,
+        "subsets": [{"classes": list(map(int, s)), "names": [names[i] for i in s]} for s in subsets],
+        "coverage": {str(k): int((cov == k).sum()) for k in range(int(cov.max()) + 1)}, **(extra or {})})
+
+
+def load_clusters(path: str | Path) -> tuple[list[list[int]], dict[str, Any]]:
+    """``(subsets, the whole JSON)`` of a clusters file written by ``save_clusters``."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+        subsets = [list(map(int, s["classes"])) for s in doc["subsets"]]
+        c = int(doc["num_classes"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DKError(f"cannot read clusters file {path}: {e}") from None
+    for m, s in enumerate(subsets):
+        if not s or len(set(s)) != len(s) or not all(0 <= k < c for k in s) or len(s) >= c:
+            raise DKError(f"clusters file {path}: subset {m} is not a set of 1..{c - 1} classes in 0..{c - 1}")
+    return subsets, doc
+
+
+# ---- specialist models and their training (section 5.2) ----------------------------------------------------
+
+def _head_name(model: nn.Module) -> str:
+    """The name of the model's last ``nn.Linear`` (its classifier)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise DKError("a specialist needs a generalist whose output layer is an nn.Linear")
+    return names[-1]
+
+
+def specialist_model(generalist: nn.Module, build: Any, subset: Sequence[int]) -> nn.Module:
+    """A copy of ``generalist`` whose head predicts ``subset`` + a dustbin, built by ``build(num_outputs)``.
+
+    Every weight but the head's is the generalist's. The head starts as the generalist's rows for the
+    special classes, and for the dustbin the mean of the other rows with bias + log(their count): roughly
+    the log of the summed probability of the other classes, so training starts from the generalist's view.
+    """
+    subset = list(subset)
+    model = build(len(subset) + 1)
+    head = _head_name(model)
+    state = generalist.state_dict()
+    w, b = state[f"{head}.weight"], state[f"{head}.bias"]
+    if w.shape[0] <= max(subset):
+        raise DKError(f"subset classes up to {max(subset)} but the generalist predicts {w.shape[0]} classes")
+    rest = [i for i in range(w.shape[0]) if i not in set(subset)]
+    new = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    new[f"{head}.weight"] = torch.cat([w[subset], w[rest].mean(0, keepdim=True)])
+    new[f"{head}.bias"] = torch.cat([b[subset], (b[rest].mean() + math.log(len(rest))).reshape(1)])
+    model.load_state_dict(new, strict=True)
+    return model
+
+
+def special_labels(y: torch.Tensor, subset: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Labels in the specialist's outputs: position in ``subset``, or ``len(subset)`` (the dustbin)."""
+    table = torch.full((num_classes,), len(subset), dtype=torch.long)
+    table[list(subset)] = torch.arange(len(subset))
+    return table.to(y.device)[y]
+
+
+def aggregate(probs: torch.Tensor, subset: Sequence[int]) -> torch.Tensor:
+    """``[N, |S| + 1]``: the special classes' probabilities and, last, the sum of all the others."""
+    special = probs[:, list(subset)]
+    return torch.cat([special, (1 - special.sum(1, keepdim=True)).clamp_min(0)], dim=1)
+
+
+class HalfAndHalf:
+    """An epoch of every special example once and as many random other examples, in batches of ``batch_size``
+    that are each half special, half other (section 5.2); the other half is redrawn every epoch."""
+
+    def __init__(self, special: torch.Tensor, rest: torch.Tensor, batch_size: int) -> None:
+        if len(special) == 0 or len(rest) == 0:
+            raise DKError(f"a specialist needs examples of its classes and of others "
+                          f"({len(special)} special, {len(rest)} other)")
+        self.special, self.rest, self.batch_size = special, rest, batch_size
+
+    def __len__(self) -> int:
+        return 2 * len(self.special)
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        device = generator.device
+        n = len(self.special)
+        special = self.special.to(device)[torch.randperm(n, device=device, generator=generator)]
+        # Others: a random draw without replacement (with, if there are fewer others than special examples).
+        if len(self.rest) >= n:
+            pick = torch.randperm(len(self.rest), device=device, generator=generator)[:n]
+        else:
+            pick = torch.randint(0, len(self.rest), (n,), device=device, generator=generator)
+        rest = self.rest.to(device)[pick]
+        half = self.batch_size // 2 or 1
+        chunks = [torch.cat([special[i:i + half], rest[i:i + half]]) for i in range(0, n, half)]
+        return torch.cat(chunks)
+
+
+def dustbin_offset(y: torch.Tensor, subset: Sequence[int]) -> float:
+    """log(oversampling factor): the special classes are shown half the time instead of their share f of
+    the data, the dustbin half instead of 1 - f; adding log((1 - f) / f) to the dustbin logit undoes it."""
+    special = int(torch.isin(y, torch.tensor(list(subset), device=y.device)).sum())
+    return math.log((len(y) - special) / special)
+
+
+def specialist_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) one specialist; top-level, so any executor can run it.
+
+    ``task``: ``data``, ``val_size``, ``limit`` (``ensembles.load_split``), ``generalist`` (checkpoint),
+    ``subset`` (class indices), ``name``, ``out`` (checkpoint directory), ``config`` (a ``TrainConfig`` dict),
+    ``soft_weight`` (0: hard labels only; > 0: + that weight times the generalist's soft targets at
+    ``temperature`` on a bank of ``views`` augmented views), ``progress``.
+    """
+    from darkknowledge.ensembles import load_split
+    from darkknowledge.models import build_model
+
+    out = Path(task["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "worker.json", {"pid": os.getpid(), "host": socket.gethostname()})
+    cfg = TrainConfig(**task["config"])
+    device = resolve_device(cfg.device)
+    data, _ = load_split(task["data"], task.get("val_size", 0), task.get("limit", 0))
+    subset = [int(k) for k in task["subset"]]
+    generalist, gmeta, _ = load_checkpoint(task["generalist"], device=device)
+    if gmeta["num_classes"] != data.num_classes:
+        raise DKError(f"generalist {task['generalist']} predicts {gmeta['num_classes']} classes, "
+                      f"the data has {data.num_classes}")
+    if cfg.arch != gmeta["arch"]:
+        raise DKError(f"a specialist has its generalist's architecture ({gmeta['arch']}), not {cfg.arch}")
+    torch.manual_seed(cfg.seed)
+    model = specialist_model(generalist, lambda k: build_model(gmeta["arch"], data.in_shape, k), subset)
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    labels = special_labels(y, subset, data.num_classes)
+    is_special = labels < len(subset)
+    sampler = HalfAndHalf(torch.nonzero(is_special).squeeze(1), torch.nonzero(~is_special).squeeze(1),
+                          cfg.batch_size)
+    soft_weight = float(task.get("soft_weight", 0.0))
+    teacher = Teacher([generalist], archs=[gmeta["arch"]], cache_dir=task.get("cache_dir"))
+    meta = {"role": "specialist", "subset": subset, "data": data.name, "generalist": str(task["generalist"]),
+            "generalist_fingerprint": teacher.fingerprint(), "soft_weight": soft_weight}
+    if soft_weight > 0:  # section 6.1: the generalist's soft targets, on the very views the specialist sees
+        views, temperature = int(task.get("views", 4)), float(task.get("temperature", 2.0))
+        codes = bank_codes(len(x), views, cfg.jitter, cfg.flip)
+        logits = teacher.bank_logits(x, codes, cfg.jitter, cfg.flip, background_value(x))[0]  # [V, N, C]
+        targets = aggregate(torch.softmax(logits.flatten(0, 1) / temperature, -1), subset)
+        objective = SoftTargets(targets, labels.repeat(views),
+                                DistillConfig(temperature=temperature, soft_weight=soft_weight, hard_weight=1.0),
+                                bank_codes=codes)
+        meta.update(views=views, temperature=temperature)
+    else:
+        objective = HardLabels(labels)
+    offset = dustbin_offset(y, subset)
+    meta["dustbin_offset"] = offset
+    history = fit(model, x, objective, cfg, checkpoint=out, meta=meta, resume=True, desc=task["name"],
+                  progress=task.get("progress", False), sampler=sampler)
+    test_labels = special_labels(data.y_test.to(device), subset, data.num_classes)
+    with torch.no_grad():
+        probs = specialist_probs(model, data.x_test.to(device), offset)
+    pred, special_test = probs.argmax(1), test_labels < len(subset)
+    return {"name": task["name"], "out": str(out), "subset": subset, "dustbin_offset": offset,
+            "special_train_examples": int(is_special.sum()), "epochs": len(history),
+            "seconds": round(sum(h["seconds"] for h in history), 2),
+            # On the test examples of its special classes: right class among its own (dustbin corrected).
+            "special_test_accuracy": float((pred[special_test] == test_labels[special_test]).float().mean()),
+            "dustbin_test_accuracy": float((pred[~special_test] == len(subset)).float().mean())}
+
+
+def load_specialist(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[int], float]:
+    """``(model, subset, dustbin offset)`` of a trained specialist's checkpoint."""
+    model, meta, _ = load_checkpoint(path, device=device)
+    if meta.get("role") != "specialist" or "dustbin_offset" not in meta:
+        raise DKError(f"checkpoint {path} is not a specialist (no subset and dustbin offset in its metadata)")
+    if meta["num_classes"] != len(meta["subset"]) + 1:
+        raise DKError(f"specialist {path}: {meta['num_classes']} outputs for {len(meta['subset'])} classes + dustbin")
+    return model, [int(k) for k in meta["subset"]], float(meta["dustbin_offset"])
+
+
+@torch.no_grad()
+def specialist_probs(model: nn.Module, x: torch.Tensor, offset: float, temperature: float = 1.0) -> torch.Tensor:
+    """``[N, |S| + 1]`` probabilities of a specialist with ``offset`` added to its dustbin logit."""
+    logits = predict_logits(model, x)
+    logits[:, -1] += offset
+    return torch.softmax(logits / temperature, -1)
+
+
+@torch.no_grad()
+def combined_probs(generalist_probs: torch.Tensor, specialists: Sequence[tuple[nn.Module, list[int], float]],
+                   x: torch.Tensor, top_n: int = 1, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q [N, C], active [N, M])``: each specialist runs only on the examples where it is active (the
+    others' rows are never read), then ``combine``."""
+    subsets = [s for _, s, _ in specialists]
+    active = active_specialists(generalist_probs, subsets, top_n)
+    probs = []
+    for m, (model, subset, offset) in enumerate(specialists):
+        p = torch.full((len(x), len(subset) + 1), 1.0 / (len(subset) + 1), device=generalist_probs.device)
+        rows = torch.nonzero(active[:, m]).squeeze(1)
+        if len(rows):
+            p[rows] = specialist_probs(model, x[rows.to(x.device)], offset).to(p.device)
+        probs.append(p)
+    return combine(generalist_probs, probs, subsets, top_n, **kwargs), active
+
+
+def evaluate(generalist_probs: torch.Tensor, combined: torch.Tensor, y: torch.Tensor,
+             subsets: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Accuracy of the generalist and of the combination overall and by how many specialists cover the
+    true class (paper table 4): ``covered_by`` rows ``{k, examples, generalist, combined, relative_gain_percent}``."""
+    c = generalist_probs.shape[1]
+    y = y.to(generalist_probs.device)
+    cov = torch.as_tensor(coverage(subsets, c), device=y.device)[y]
+    right_g = generalist_probs.argmax(1) == y
+    right_c = combined.argmax(1).to(y.device) == y
+    rows = []
+    for k in range(int(cov.max()) + 1):
+        sel = cov == k
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        g, q = int(right_g[sel].sum()), int(right_c[sel].sum())
+        rows.append({"k": k, "examples": n, "generalist_correct": g, "combined_correct": q,
+                     "generalist_accuracy": g / n, "combined_accuracy": q / n,
+                     "relative_gain_percent": 100 * (q - g) / g if g else None})
+    return {"test_size": len(y), "generalist_accuracy": float(right_g.float().mean()),
+            "combined_accuracy": float(right_c.float().mean()), "covered_by": rows}
