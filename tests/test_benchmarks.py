@@ -92,3 +92,13 @@ def test_precision_benchmark(mnist_dir, tmp_path):
     assert {(row["role"], row["precision"]) for row in res["rows"]} == {
         (role, p) for role in ("teacher", "distilled") for p in ("fp32", "bf16")}
     assert len(res["rows"]) == 8 and "test_difference_bf16_minus_fp32" in res["summary"]["distilled"]
+
+
+def test_combine_speed_benchmark(tmp_path):
+    r = run("combine_speed.py", "--device", "cpu", "--examples", "300", "--specialists", "10", "--top-n", "2",
+            "--repeats", "2", "--scipy-sample", "5", "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "combine-speed-cpu.json").read_text())
+    (row,) = res["rows"]
+    assert row["specialists"] == 10 and row["classes"] == 100 and row["examples_per_second_median"] > 0
+    assert row["max_abs_diff_to_tight_solve"] < 1e-4 and row["scipy_examples_per_second"] > 0

@@ -58,7 +58,8 @@ def _correlation(cov: np.ndarray) -> np.ndarray:
 
 
 def cluster_classes(cov: np.ndarray, specialists: int, max_size: int, *, min_size: int = 2,
-                    cluster_counts: Sequence[int] | None = None, seed: int = 0) -> list[list[int]]:
+                    cluster_counts: Sequence[int] | None = None, join_ratio: float = 0.5,
+                    seed: int = 0) -> list[list[int]]:
     """``specialists`` subsets of 2..``max_size`` classes that the covariance ``cov`` says are confused.
 
     Each class is described by its row of the correlation matrix (who it is predicted together with);
@@ -66,7 +67,9 @@ def cluster_classes(cov: np.ndarray, specialists: int, max_size: int, *, min_siz
     2x that, so clusters of several granularities overlap); a cluster larger than ``max_size`` keeps the
     ``max_size`` classes nearest its centre. Candidates are ranked by the mean correlation between their
     classes; the ``specialists`` best are returned, classes sorted, skipping (while others remain) any that
-    shares more than half its classes with one already chosen.
+    shares more than half its classes with one already chosen. Then (``join_ratio`` > 0) classes also join
+    the subsets they are nearly as confused with as the subsets' own classes (``_join_neighbours``), so
+    some classes are covered by two or more specialists.
     """
     from sklearn.cluster import MiniBatchKMeans
 
@@ -107,7 +110,29 @@ def cluster_classes(cov: np.ndarray, specialists: int, max_size: int, *, min_siz
         if len(chosen) < specialists and all(len(set(cand) & set(s)) * 2 <= len(cand) for s in chosen):
             chosen.append(cand)
     chosen += [cand for cand in ranked if cand not in chosen][:specialists - len(chosen)]
-    return chosen
+    if join_ratio > 0:
+        chosen = _join_neighbours(corr, chosen, max_size, join_ratio)
+    return [sorted(s) for s in chosen]
+
+
+def _join_neighbours(corr: np.ndarray, subsets: list[list[int]], max_size: int, ratio: float) -> list[list[int]]:
+    """Each class outside a subset joins it too when its mean correlation with the subset's classes is at
+    least ``ratio`` times the subset's own mean internal correlation (strongest first, up to ``max_size``):
+    the next-nearest cluster of a class confused with two groups covers it as well."""
+    out = [list(s) for s in subsets]
+    offers = []
+    for m, s in enumerate(subsets):
+        block = corr[np.ix_(s, s)]
+        inner = (block.sum() - np.trace(block)) / (len(s) * (len(s) - 1))
+        if inner <= 0:
+            continue
+        affinity = corr[:, s].mean(1)
+        offers += [(float(affinity[i] / inner), m, int(i)) for i in range(len(corr))
+                   if i not in s and affinity[i] >= ratio * inner]
+    for _, m, i in sorted(offers, key=lambda o: (-o[0], o[1], o[2])):
+        if len(out[m]) < max_size and i not in out[m]:
+            out[m].append(i)
+    return out
 
 
 def coverage(subsets: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
