@@ -20,11 +20,9 @@ process pool, Ray) runs them, each resuming from its epoch checkpoint when retri
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from darkknowledge.checkpoint import atomic_write_json, load_checkpoint, read_checkpoint
+from darkknowledge.checkpoint import atomic_write_json, load_checkpoint
 from darkknowledge.combine import active_specialists, combine, membership
 from darkknowledge.config import DistillConfig, TrainConfig
 from darkknowledge.data import background_value, bank_codes

@@ -18,7 +18,6 @@ process pool (``--workers``) or as Ray tasks (``--executor ray``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +31,7 @@ from safetensors.torch import load_file, save
 
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint
 from darkknowledge.config import DistillConfig, TrainConfig, build_configs, load_yaml
-from darkknowledge.data import background_value, bank_codes
+from darkknowledge.data import apply_views, background_value, bank_codes, pad_for_jitter
 from darkknowledge.ensembles import load_split, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.experiments.mnist import prepare_out
@@ -271,8 +270,6 @@ def _combine(out: Path, seed: int, sc: Scale, data, x_val, y_val, variant: str, 
         codes = bank_codes(len(x), sc.views, DISTILLED.jitter, DISTILLED.flip)
         teacher = Teacher([gen], archs=[gmeta["arch"]], cache_dir=out / "cache")
         glogits = teacher.bank_logits(x, codes, DISTILLED.jitter, DISTILLED.flip, background_value(x))[0]
-        from darkknowledge.data import apply_views, pad_for_jitter
-
         padded = pad_for_jitter(x, DISTILLED.jitter, background_value(x))
         combined = []
         for v in range(len(codes)):
