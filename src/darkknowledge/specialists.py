@@ -284,7 +284,13 @@ def specialist_task(task: dict[str, Any]) -> dict[str, Any]:
         views, temperature = int(task.get("views", 4)), float(task.get("temperature", 2.0))
         codes = bank_codes(len(x), views, cfg.jitter, cfg.flip)
         logits = teacher.bank_logits(x, codes, cfg.jitter, cfg.flip, background_value(x))[0]  # [V, N, C]
-        targets = aggregate(torch.softmax(logits.flatten(0, 1) / temperature, -1), subset)
+        # The generalist learnt the data's class frequencies; the specialist is shown its classes half the
+        # time. Its soft targets get the same prior shift as its batches (log(0.5 / f) on the special
+        # logits, log(0.5 / (1 - f)) on the others), so the dustbin offset after training undoes both.
+        f = float(is_special.float().mean())
+        shift = torch.full((data.num_classes,), math.log(0.5 / (1 - f)), device=device)
+        shift[subset] = math.log(0.5 / f)
+        targets = aggregate(torch.softmax((logits.flatten(0, 1) + shift) / temperature, -1), subset)
         objective = SoftTargets(targets, labels.repeat(views),
                                 DistillConfig(temperature=temperature, soft_weight=soft_weight, hard_weight=1.0),
                                 bank_codes=codes)
