@@ -512,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "section 5, specialists: cifar100)")
     p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files or CIFAR pickles")
     p.add_argument("--out", help="output directory (default: runs/EXPERIMENT-SCALE)")
-    p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3 at full scale, 1 quick or smoke)")
+    p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3; 1 at smoke scale)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--scale", choices=["full", "quick", "smoke"], default="full",
                    help="full: paper scale; quick: minutes on 2 CPU cores; smoke: seconds, for tests")

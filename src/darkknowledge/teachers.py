@@ -156,7 +156,7 @@ class Teacher:
 
     @staticmethod
     def _bank_member(model: nn.Module, x: torch.Tensor, codes: torch.Tensor, max_shift: int, flip: bool,
-                     fill: float, batch_size: int = 4096) -> torch.Tensor:
+                     fill: float, batch_size: int = 1024) -> torch.Tensor:
         padded = pad_for_jitter(x, max_shift, fill)
         codes = codes.to(x.device)
         out = []
