@@ -39,7 +39,7 @@ from darkknowledge.teachers import Teacher, predict_logits
 from darkknowledge.training import HardLabels, SoftTargets, fit, resolve_device
 
 __all__ = ["combine", "active_specialists", "prediction_covariance", "cluster_classes", "coverage",
-           "specialist_model", "HalfAndHalf", "specialist_task", "specialist_probs", "evaluate",
+           "specialist_model", "HalfAndHalf", "specialist_task", "specialist_probs", "active_probs", "evaluate",
            "load_clusters", "save_clusters"]
 
 
@@ -332,20 +332,27 @@ def specialist_probs(model: nn.Module, x: torch.Tensor, offset: float, temperatu
 
 
 @torch.no_grad()
-def combined_probs(generalist_probs: torch.Tensor, specialists: Sequence[tuple[nn.Module, list[int], float]],
-                   x: torch.Tensor, top_n: int = 1, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q [N, C], active [N, M])``: each specialist runs only on the examples where it is active (the
-    others' rows are never read), then ``combine``."""
-    subsets = [s for _, s, _ in specialists]
-    active = active_specialists(generalist_probs, subsets, top_n)
+def active_probs(specialists: Sequence[tuple[nn.Module, list[int], float]], x: torch.Tensor,
+                 active: torch.Tensor) -> list[torch.Tensor]:
+    """Each specialist's ``[N, |S| + 1]`` probabilities, computed only on the rows where it is active
+    (``active [N, M]``); the other rows are uniform placeholders that ``combine`` never reads."""
     probs = []
     for m, (model, subset, offset) in enumerate(specialists):
-        p = torch.full((len(x), len(subset) + 1), 1.0 / (len(subset) + 1), device=generalist_probs.device)
+        p = torch.full((len(x), len(subset) + 1), 1.0 / (len(subset) + 1), device=active.device)
         rows = torch.nonzero(active[:, m]).squeeze(1)
         if len(rows):
             p[rows] = specialist_probs(model, x[rows.to(x.device)], offset).to(p.device)
         probs.append(p)
-    return combine(generalist_probs, probs, subsets, top_n, **kwargs), active
+    return probs
+
+
+@torch.no_grad()
+def combined_probs(generalist_probs: torch.Tensor, specialists: Sequence[tuple[nn.Module, list[int], float]],
+                   x: torch.Tensor, top_n: int = 1, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q [N, C], active [N, M])``: each specialist runs only where it is active, then ``combine``."""
+    subsets = [s for _, s, _ in specialists]
+    active = active_specialists(generalist_probs, subsets, top_n)
+    return combine(generalist_probs, active_probs(specialists, x, active), subsets, top_n, **kwargs), active
 
 
 def evaluate(generalist_probs: torch.Tensor, combined: torch.Tensor, y: torch.Tensor,

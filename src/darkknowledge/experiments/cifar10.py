@@ -36,8 +36,8 @@ from darkknowledge.ensembles import evaluate_ensemble, load_split, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits
 from darkknowledge.experiments.mnist import prepare_out
-from darkknowledge.experiments.report import fmt_measured, git_commit, hardware, mean_std, save_figure, seed_row, stage_table
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages
+from darkknowledge.experiments.report import check_run, fmt_measured, run_reproduction, git_commit, hardware, mean_std, save_figure, seed_row, stage_table
+from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage
 from darkknowledge.teachers import Teacher, predict_logits
 from darkknowledge.training import resolve_device, resolve_precision
 from darkknowledge.workflows import Result, distill, train
@@ -416,14 +416,7 @@ def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds:
               overwrite: bool = False, executor: str = "local", address: str | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every CIFAR-10 stage; ``results.json``, ``results.md`` and the plot after each."""
-    if scale not in SCALES:
-        raise DKError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
-    sc = SCALES[scale]
-    seeds = sc.default_seeds if seeds is None else seeds
-    if seeds < 1:
-        raise DKError(f"seeds must be >= 1, got {seeds}")
-    if workers < 1:
-        raise DKError(f"workers must be >= 1, got {workers}")
+    sc, seeds = check_run(SCALES, scale, seeds, workers)
     dev = resolve_device(device)
     load_data_for(data_dir, sc, dev)  # fail fast on bad data, before anything is written
     out = Path(out)
@@ -436,17 +429,12 @@ def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds:
     ctx = {"data_dir": str(data_dir), "scale": scale, "device": str(dev), "out": str(out), "seeds": seeds,
            "progress": progress and workers == 1 and executor == "local", "threads": threads}
     stages = build_stages(scale, seeds, ctx)
-    t0 = time.perf_counter()
 
-    def report(records: dict[str, dict[str, Any]]) -> None:
-        results = summarise(stages, records, scale, seeds, dev, time.perf_counter() - t0)
-        results["workers"], results["executor"] = workers, executor
+    def write(results: dict[str, Any]) -> None:
         atomic_write_json(out / "results.json", results)
         atomic_write_bytes(out / "results.md", markdown(results).encode())
         plots(results, out)
 
-    records = run_stages(stages, run_stage, out, report=report, resume=resume, workers=workers, progress=progress,
-                         log=log, executor=executor, address=address)
-    results = summarise(stages, records, scale, seeds, dev, time.perf_counter() - t0)
-    results["workers"], results["executor"] = workers, executor
-    return results
+    return run_reproduction(stages, run_stage, out,
+                            lambda records, wall: summarise(stages, records, scale, seeds, dev, wall), write, resume=resume, workers=workers, progress=progress, log=log, executor=executor,
+                            address=address)

@@ -35,8 +35,8 @@ from darkknowledge.data import apply_views, background_value, bank_codes, pad_fo
 from darkknowledge.ensembles import load_split, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.experiments.mnist import prepare_out
-from darkknowledge.experiments.report import fmt_measured, git_commit, hardware, mean_std, save_figure, stage_table
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages
+from darkknowledge.experiments.report import check_run, fmt_measured, run_reproduction, git_commit, hardware, mean_std, save_figure, stage_table
+from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage
 from darkknowledge import specialists as sp
 from darkknowledge.teachers import Teacher, predict_logits
 from darkknowledge.training import SoftTargets, resolve_device, resolve_precision
@@ -247,17 +247,12 @@ def _combine(out: Path, seed: int, sc: Scale, data, x_val, y_val, variant: str, 
     x_test, y_test = data.x_test.to(dev), data.y_test.to(dev)
     pg = _probs(gen, x_test)
     t0 = time.perf_counter()
-    q, active = sp.combined_probs(pg, specs, x_test, top_n)
+    active = sp.active_specialists(pg, subsets, top_n)
+    probs = sp.active_probs(specs, x_test, active)
+    t1 = time.perf_counter()
+    q, iterations = sp.combine(pg, probs, subsets, top_n, return_iterations=True)  # timed alone
+    combine_seconds = time.perf_counter() - t1
     infer = time.perf_counter() - t0
-    # combine alone, timed on the test set's real inputs (specialists' outputs already computed).
-    probs = [torch.full((len(x_test), len(s) + 1), 1.0 / (len(s) + 1), device=dev) for s in subsets]
-    for m, (model, s, off) in enumerate(specs):
-        rows = torch.nonzero(active[:, m]).squeeze(1)
-        if len(rows):
-            probs[m][rows] = sp.specialist_probs(model, x_test[rows], off)
-    t0 = time.perf_counter()
-    _, iterations = sp.combine(pg, probs, subsets, top_n, return_iterations=True)
-    combine_seconds = time.perf_counter() - t0
     result = sp.evaluate(pg, q, y_test, subsets)
     result.update(variant=variant, active_per_example=float(active.sum(1).float().mean()),
                   combine_examples_per_second=round(len(x_test) / combine_seconds, 1),
@@ -489,14 +484,7 @@ def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds:
               overwrite: bool = False, executor: str = "local", address: str | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every CIFAR-100 stage; ``results.json`` and ``results.md`` are rewritten after each."""
-    if scale not in SCALES:
-        raise DKError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
-    sc = SCALES[scale]
-    seeds = sc.default_seeds if seeds is None else seeds
-    if seeds < 1:
-        raise DKError(f"seeds must be >= 1, got {seeds}")
-    if workers < 1:
-        raise DKError(f"workers must be >= 1, got {workers}")
+    sc, seeds = check_run(SCALES, scale, seeds, workers)
     dev = resolve_device(device)
     data, _ = _split(str(data_dir), sc)  # fail fast on bad data, before anything is written
     if data.num_classes != 100:
@@ -513,16 +501,11 @@ def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds:
     ctx = {"data_dir": str(data_dir), "scale": scale, "device": str(dev), "out": str(out),
            "progress": progress and workers == 1 and executor == "local", "threads": threads}
     stages = build_stages(scale, seeds, ctx)
-    t0 = time.perf_counter()
 
-    def report(records: dict[str, dict[str, Any]]) -> None:
-        results = summarise(stages, records, scale, seeds, dev, time.perf_counter() - t0)
-        results["workers"], results["executor"] = workers, executor
+    def write(results: dict[str, Any]) -> None:
         atomic_write_json(out / "results.json", results)
         atomic_write_bytes(out / "results.md", markdown(results).encode())
 
-    records = run_stages(stages, run_stage, out, report=report, resume=resume, workers=workers, progress=progress,
-                         log=log, executor=executor, address=address)
-    results = summarise(stages, records, scale, seeds, dev, time.perf_counter() - t0)
-    results["workers"], results["executor"] = workers, executor
-    return results
+    return run_reproduction(stages, run_stage, out,
+                            lambda records, wall: summarise(stages, records, scale, seeds, dev, wall), write, resume=resume, workers=workers, progress=progress, log=log, executor=executor,
+                            address=address)

@@ -12,6 +12,7 @@ import io
 import platform
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,3 +95,36 @@ def save_figure(fig, path: Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def check_run(scales: dict[str, Any], scale: str, seeds: int | None, workers: int) -> tuple[Any, int]:
+    """``(scales[scale], seeds or the scale's default)``; an unknown scale or a count < 1 is a DKError."""
+    from darkknowledge.errors import DKError
+
+    if scale not in scales:
+        raise DKError(f"unknown scale {scale!r}; allowed: {', '.join(scales)}")
+    sc = scales[scale]
+    seeds = sc.default_seeds if seeds is None else seeds
+    if seeds < 1:
+        raise DKError(f"seeds must be >= 1, got {seeds}")
+    if workers < 1:
+        raise DKError(f"workers must be >= 1, got {workers}")
+    return sc, seeds
+
+
+def run_reproduction(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], out: Path,
+                     summarise: Callable[[dict[str, dict[str, Any]], float], dict[str, Any]],
+                     write: Callable[[dict[str, Any]], None], *, resume: bool, workers: int, progress: bool,
+                     log: Callable[[str], None], executor: str, address: str | None) -> dict[str, Any]:
+    """Run ``stages``; after each, ``summarise(records, wall_seconds)`` (+ workers, executor) goes to ``write``
+    (results.json, results.md, plots); returns the final summary."""
+    from darkknowledge.experiments.runner import run_stages
+
+    t0 = time.perf_counter()
+
+    def results(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {**summarise(records, time.perf_counter() - t0), "workers": workers, "executor": executor}
+
+    records = run_stages(stages, execute, out, report=lambda r: write(results(r)), resume=resume, workers=workers,
+                         progress=progress, log=log, executor=executor, address=address)
+    return results(records)
