@@ -16,7 +16,7 @@ initialisation for both; all 50,000 training images. torchdistill runs its Disti
 examples do (a DataLoader with torchvision transforms, the ensemble re-run on every batch); darkknowledge
 runs `workflows.distill` with a bank of `--views` augmented views whose ensemble targets are computed once
 (inside the timed region). Reports wall time and test accuracy of each; writes
-benchmarks/results/peer-torchdistill-cifar10-<device>.json.
+benchmarks/results/peer-torchdistill-cifar10-<device>-e<epochs>.json.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main() -> None:
     summary = {"speedup_vs_torchdistill": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
                "accuracy_difference_points": round(100 * (rows[1]["test_accuracy"] - rows[0]["test_accuracy"]), 2)}
     print(summary)
-    path = save(f"peer-torchdistill-cifar10-{dev}.json", {
+    path = save(f"peer-torchdistill-cifar10-{dev}-e{args.epochs}.json", {
         "benchmark": "peer_torchdistill_cifar", **environment(device), "epochs": args.epochs, "seed": args.seed,
         "members": [str(p) for p in args.member], "ensemble_test_accuracy": ens_acc,
         "config": {"temperature": T, "hard_weight": HARD, "soft_weight": SOFT, "lr": LR, "batch_size": BATCH,

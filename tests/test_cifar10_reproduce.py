@@ -34,6 +34,8 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
     assert {s["temperature"] for s in res["temperature_selection"]} == {2.0, 5.0}
     tc = res["teacher_cost"]
     assert tc["bank_seconds"] > 0 and tc["cache_hits"] >= 1  # the students drew on the bank, not the members
+    soft = json.loads((out / "stages" / "soft3__s0.json").read_text())["result"]
+    assert soft["views"] == 4 and soft["transfer_size"] == res["curves_3pct"]["soft3/s0"]["train_size"]
     assert (out / "results.md").read_text().count("|") > 50 and (out / "small_data.png").stat().st_size > 1000
     assert "gap_recovered_percent" in r.stdout and "Traceback" not in r.stderr
 
@@ -49,3 +51,17 @@ def test_resume_of_a_finished_reproduction_runs_nothing(smoke, cifar_dir):
 def test_reproduce_cifar10_refuses_a_directory_without_cifar(tmp_path):
     r = run_dk("reproduce", "cifar10", "--scale", "smoke", "--data-dir", tmp_path, "--out", tmp_path / "o")
     assert r.returncode == 2 and "batches.meta not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_per_epoch_test_sample_spans_every_class_of_a_class_ordered_split():
+    from types import SimpleNamespace
+
+    import torch
+
+    from darkknowledge.experiments.cifar10 import CURVE, _curve
+
+    y = torch.arange(10).repeat_interleave(1000)  # stored class by class, as ../shared's CIFAR is
+    x, y_sample = _curve(SimpleNamespace(x_test=torch.arange(10_000), y_test=y))
+    counts = torch.bincount(y_sample, minlength=10)
+    assert len(y_sample) == CURVE and torch.equal(y[x], y_sample)
+    assert counts.min() > 0.7 * CURVE / 10 and counts.max() < 1.3 * CURVE / 10

@@ -69,14 +69,17 @@ def check_teacher_fits(teacher: Teacher, data: Dataset) -> None:
 def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objective, cfg: TrainConfig,
                      out: str | Path | None = None, resume: bool = False, progress: bool = True,
                      meta: dict[str, Any] | None = None,
-                     train_eval: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+                     train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     curve: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Build ``cfg.arch``, fit it to ``objective`` over inputs ``x``, and evaluate it on the test split
-    (and, every evaluated epoch, on ``train_eval``'s examples too, if given)."""
+    (and, every evaluated epoch, on ``train_eval``'s examples too, if given). The per-epoch test errors
+    are measured on ``curve``'s examples if given (e.g. a sample of the test split), the final on all."""
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     model = new_model(cfg, data.in_shape, data.num_classes)
     x_tr, y_tr = train_eval if train_eval is not None else (None, None)
-    history = fit(model, x, objective, cfg, x_test=data.x_test, y_test=data.y_test, x_train_eval=x_tr,
+    x_c, y_c = curve if curve is not None else (data.x_test, data.y_test)
+    history = fit(model, x, objective, cfg, x_test=x_c, y_test=y_c, x_train_eval=x_tr,
                   y_train_eval=y_tr, checkpoint=out,
                   meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress)
     seconds = time.perf_counter() - t0
@@ -87,17 +90,19 @@ def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objec
 def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = None, resume: bool = False,
           progress: bool = True, meta: dict[str, Any] | None = None,
           transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
-          train_eval: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+          train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
+          curve: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Hard-label training of ``cfg.arch`` on the training split (or on ``transfer``)."""
     x, y = transfer if transfer is not None else (data.x_train, data.y_train)
-    return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta, train_eval)
+    return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta, train_eval, curve)
 
 
 def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: DistillConfig,
             tcfg: TransferConfig = TransferConfig(), out: str | Path | None = None, resume: bool = False,
             progress: bool = True, meta: dict[str, Any] | None = None,
             transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
-            train_eval: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
+            train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
+            curve: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Train ``cfg.arch`` on the teacher's soft targets at ``dcfg.temperature`` over the transfer set.
 
     The transfer set is the training split filtered by ``tcfg``, unless ``transfer`` gives it directly.
@@ -127,7 +132,7 @@ def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: 
         objective = SoftTargets(teacher.soft_targets(x.to(device), dcfg.temperature), y, dcfg)
     meta = {"distill_config": dataclasses.asdict(dcfg), "transfer_config": dataclasses.asdict(tcfg),
             "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine, **(meta or {})}
-    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval)
+    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval, curve)
 
 
 def match_logits(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, x: torch.Tensor,

@@ -72,12 +72,14 @@ class Scale:
     temperatures: tuple[float, ...]
     small_epochs: int  # the 3%-data runs (no early stopping)
     views: int  # augmented views per transfer image in the soft-target bank
+    small_views: int = 32  # the 3%-data soft run's bank: a small set, so many views are cheap
     val_size: int = 5000
     train_limit: int = 0  # 0: all 50,000 training images (before the validation split)
     fraction: float = 0.03
     default_seeds: int = 3
     geometric_seeds: int = 1  # distilled-from-the-geometric-mean students on the first N seeds
     arch: str | None = None  # None: the recipes' (resnet-s-w16)
+    batch_size: int = 0  # members and students; 0: the recipes' (256)
 
 
 SCALES: dict[str, Scale] = {
@@ -89,14 +91,16 @@ SCALES: dict[str, Scale] = {
     # Minutes on 2 CPU cores: a 10,000-image subset (1,000 of it for validation), 3 members, 6% of it for
     # the small-data runs (54 images per class, as many as 3% of the full training set would give 135).
     "quick": Scale(members=3, member_epochs=8, student_epochs=8, select_epochs=3, temperatures=(2, 5),
-                   small_epochs=100, views=8, val_size=1000, train_limit=10_000, fraction=0.06, arch="resnet-s-w8"),
+                   small_epochs=100, views=8, val_size=1000, train_limit=10_000, fraction=0.06, arch="resnet-s-w8",
+                   batch_size=128),
     # Seconds: every stage and the results contract on 1,200 images.
     "smoke": Scale(members=2, member_epochs=1, student_epochs=1, select_epochs=1, temperatures=(2, 5),
-                   small_epochs=2, views=2, val_size=200, train_limit=1200, fraction=0.1, default_seeds=1,
+                   small_epochs=2, views=2, small_views=4, val_size=200, train_limit=1200, fraction=0.1, default_seeds=1,
                    arch="resnet-s-w4"),
 }
 SMALL_BATCH = 64  # the small-data runs (section 6)
-EVALS = 4  # test evaluations per run (and after the last epoch): each costs a pass over 10,000 images
+EVALS = 4  # test evaluations per run (and after the last epoch)
+CURVE = 2000  # per-epoch test errors on a seeded sample of 2,000 test images (a fifth of the cost); the final on all
 
 
 def load_recipe(name: str, classes: tuple[type, ...] = (TrainConfig,)) -> dict[type, Any]:
@@ -111,7 +115,7 @@ DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
 
 def scaled(cfg: TrainConfig, sc: Scale, epochs: int, seed: int, device: str) -> TrainConfig:
     return replace(cfg, epochs=epochs, seed=seed, device=device, arch=sc.arch or cfg.arch,
-                   eval_every=max(1, epochs // EVALS))
+                   batch_size=sc.batch_size or cfg.batch_size, eval_every=max(1, epochs // EVALS))
 
 
 # ---- data: the validation split and the 3% subset, identical in every process -------------------------
@@ -178,8 +182,15 @@ def _teacher(out: Path, members: int, device: torch.device, combine: str = "arit
     return Teacher.from_checkpoints(paths, combine, device=device, cache_dir=out / "cache")
 
 
+def _curve(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-epoch sample of the test split: seeded, random (a split may be stored class by class)."""
+    idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:CURVE].sort().values
+    idx = idx.to(data.y_test.device)
+    return data.x_test[idx], data.y_test[idx]
+
+
 def _summary(r: Result, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"test_errors": r.test["errors"], "test_size": r.test["test_size"],
+    return {"test_errors": r.test["errors"], "test_size": r.test["test_size"], "curve_size": CURVE,
             "accuracy": r.test["accuracy"], "transfer_size": r.transfer_size, "epochs": len(r.history),
             "seconds": round(r.seconds, 2),
             "curve": [{k: h[k] for k in ("epoch", "test_errors", "train_errors") if k in h} for h in r.history],
@@ -226,7 +237,7 @@ def run_stage(stage: Stage) -> dict[str, Any]:
         cfg = scaled(DISTILLED, sc, sc.select_epochs, 100, device)
         teacher = _teacher(out, members, dev)
         r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=p["temperature"]),
-                    TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress)
+                    TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress, curve=_curve(data))
         val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
         return _summary(r, {"temperature": p["temperature"], "val_errors": val["errors"], "val_size": len(y_val)})
     if stage.kind in ("distilled", "distilled_geometric"):
@@ -236,17 +247,18 @@ def run_stage(stage: Stage) -> dict[str, Any]:
         cfg = scaled(DISTILLED, sc, sc.student_epochs, p["seed"], device)
         t0 = time.perf_counter()
         r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=temperature),
-                    TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress)
+                    TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress, curve=_curve(data))
         return _summary(r, {"temperature": temperature, "combine": combine, "cache_hits": teacher.cache_hits,
                             "teacher_seconds": round(teacher.compute_seconds, 2),
                             "wall_seconds": round(time.perf_counter() - t0, 2)})
     # Section 6: 3% of the training split, class-balanced, seeded by the seed.
     x_small, y_small = balanced_fraction(data.x_train, data.y_train, sc.fraction, seed=p["seed"])
-    # As in the paper (section 6, speech frames): no augmentation, so hard labels can over-fit a small set;
-    # batch 64 for enough steps; evaluated every 5% of the run for the plot's curves.
-    cfg = replace(scaled(MEMBER, sc, sc.small_epochs, p["seed"], device), jitter=0, flip=False,
-                  batch_size=SMALL_BATCH, eval_every=max(1, sc.small_epochs // 20))
-    track = dict(train_eval=(x_small, y_small))
+    # Both 3% runs use the members' augmentation (random crops, mirrors), chosen on the validation split
+    # over none for either (recipes/README.md); the soft run draws its views from a bank with the teacher's
+    # targets on each view. Batch 64 for enough steps; 10 evaluations for the plot's curves.
+    cfg = replace(scaled(MEMBER, sc, sc.small_epochs, p["seed"], device), batch_size=SMALL_BATCH,
+                  eval_every=max(1, sc.small_epochs // 10))
+    track = dict(train_eval=(x_small, y_small), curve=_curve(data))
     if stage.kind == "hard_small":
         r = train(stage.name, data, cfg, out=ckpt, resume=True, progress=progress, transfer=(x_small, y_small),
                   **track)
@@ -256,8 +268,9 @@ def run_stage(stage: Stage) -> dict[str, Any]:
         teacher = Teacher.from_checkpoints([out / "members" / f"member{p['seed']}"], device=dev,
                                            cache_dir=out / "cache")
         r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=temperature),
-                    transfer=(x_small, y_small), out=ckpt, resume=True, progress=progress, **track)
-        return _summary(r, {"temperature": temperature,
+                    TransferConfig(view_bank=sc.small_views), transfer=(x_small, y_small), out=ckpt, resume=True,
+                    progress=progress, **track)
+        return _summary(r, {"temperature": temperature, "views": sc.small_views,
                             "train_accuracy": _train_accuracy(r.model, x_small, y_small, data.num_classes)})
     raise DKError(f"unknown stage kind {stage.kind!r}")
 
@@ -322,7 +335,8 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_nam
                  "note": "(soft 3% - hard 3%) / (hard 100% - hard 3%), test accuracy, per seed"})
     selection = [{"temperature": done[s.name]["temperature"], "val_errors": done[s.name]["val_errors"],
                   "val_size": done[s.name]["val_size"]} for s in by_kind["select"] if s.name in done]
-    curves = {s.name: {"train_size": done[s.name]["transfer_size"], "curve": done[s.name]["curve"]}
+    curves = {s.name: {"train_size": done[s.name]["transfer_size"], "curve": done[s.name]["curve"],
+                       "curve_size": done[s.name].get("curve_size", test_size)}
               for s in by_kind["hard_small"] + by_kind["soft_small"] if s.name in done}
     teacher_cost = None
     if ens:
@@ -396,14 +410,16 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     for (name, label), color in zip(pair, ("tab:red", "tab:blue")):
         pts = [c for c in curves[name]["curve"] if "test_errors" in c]
         ep = [c["epoch"] for c in pts]
-        ax.plot(ep, [100 * (1 - c["test_errors"] / test_size) for c in pts], color=color, label=f"{label}: test")
+        size = curves[name].get("curve_size", test_size)
+        ax.plot(ep, [100 * (1 - c["test_errors"] / size) for c in pts], color=color,
+                label=f"{label}: test" + (f" ({size:,} images)" if size != test_size else ""))
         if all("train_errors" in c for c in pts):
             train_n = curves[name]["train_size"]
             ax.plot(ep, [100 * (1 - c["train_errors"] / train_n) for c in pts], color=color, linestyle="--",
                     label=f"{label}: train")
     n = curves[pair[0][0]]["train_size"]
     ax.set(xlabel="epoch", ylabel="accuracy (%)",
-           title=f"CIFAR-10, {pct} of the training split ({n} images), no augmentation, seed 0")
+           title=f"CIFAR-10, {pct} of the training split ({n} images), crops and mirrors, seed 0")
     ax.legend(fontsize=8)
     return [save_figure(fig, out / "small_data.png")]
 
