@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, append_jsonl, environment, parse_overrides  # noqa: E402
 
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, build_configs  # noqa: E402
 from darkknowledge.data import balanced_fraction  # noqa: E402
@@ -68,7 +66,7 @@ def main() -> None:
                 batch_size=sc.batch_size or base["batch_size"])
     if "small" in args.role:  # the reproduction's section-6 settings (the soft run's bank: --views)
         base.update(batch_size=cifar10.SMALL_BATCH)
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(args.set)
     cfgs = build_configs(classes, {**base, **overrides}, "--set")
     cfg, dcfg = cfgs[TrainConfig], cfgs[DistillConfig]
     cfg = replace(cfg, eval_every=cfg.epochs)
@@ -99,8 +97,7 @@ def main() -> None:
            "val_accuracy": round(val["accuracy"], 4), "train_accuracy": round(fit["accuracy"], 4),
            "test_accuracy": round(r.test["accuracy"], 4), "seconds": round(seconds, 1),
            **environment(torch.device("cpu"))}
-    with open(args.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(args.out, row)
     print(f"{args.role} {args.tag} {overrides}: val errors {val['errors']}/{len(y_val)}, "
           f"train acc {fit['accuracy']:.4f}, test acc {r.test['accuracy']:.4f}, {seconds:.0f} s")
 

@@ -74,3 +74,16 @@ def save(name: str, payload: dict[str, Any], out_dir: str | Path | None = None) 
     path = out / name
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line overrides of a recipe, each value read as YAML (``lr=0.1``, ``flip=true``)."""
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
+
+
+def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
+    """One tuning run as one JSON line, appended (a log of every setting tried)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, append_jsonl, environment, parse_overrides  # noqa: E402
 
 from darkknowledge.config import DistillConfig, TrainConfig, build_configs  # noqa: E402
 from darkknowledge.data import load_mnist, split_validation  # noqa: E402
@@ -49,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(args.set)
     classes = (TrainConfig, DistillConfig)
     base = load_recipe(args.role, classes)
     merged = {**{k: v for c in classes for k, v in dataclasses.asdict(base[c]).items()}, **overrides}
@@ -75,8 +73,7 @@ def main() -> None:
               "val_curve": [(h["epoch"], h["test_errors"]) for h in hist if "test_errors" in h],
               "loss_max": max(h["loss_max"] for h in hist), "seconds": round(seconds, 1),
               **{k: v for k, v in environment(torch.device("cpu")).items() if k in ("cpu", "torch", "commit")}}
-    with open(args.out, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(args.out, record)
     print(f"{args.role} {args.tag}: validation errors {record['val_errors']} of {args.val_size}, "
           f"test errors {test}, {seconds:.0f} s")
 
