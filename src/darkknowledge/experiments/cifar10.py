@@ -420,6 +420,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     n = curves[pair[0][0]]["train_size"]
     ax.set(xlabel="epoch", ylabel="accuracy (%)",
            title=f"CIFAR-10, {pct} of the training split ({n} images), crops and mirrors, seed 0")
+    ax.title.set_fontsize(10)
     ax.legend(fontsize=8)
     return [save_figure(fig, out / "small_data.png")]
 
