@@ -126,6 +126,21 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
 
 
+def test_an_interrupt_swallowed_by_a_finaliser_still_stops_training_at_the_epoch_boundary(digits, tmp_path):
+    """Python drops a KeyboardInterrupt raised inside ``__del__``; dk's handler also sets a flag that fit checks."""
+    from darkknowledge.errors import INTERRUPTED
+
+    cfg = replace(FAST, epochs=3)
+    INTERRUPTED.set()  # as if Ctrl-C came while a finaliser ran: the exception is gone, the flag is not
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(new_model(cfg, 64, 10), digits.x_train, HardLabels(digits.y_train), cfg, checkpoint=tmp_path,
+                progress=False)
+    finally:
+        INTERRUPTED.clear()
+    assert read_meta(tmp_path)["epoch"] == 1  # the completed epoch is checkpointed, the rest not run
+
+
 def test_resume_rejects_a_changed_objective(digits, tmp_path):
     targets = torch.full((len(digits.y_train), 10), 0.1)
     obj = SoftTargets(targets, digits.y_train, DistillConfig(4.0))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +26,7 @@ from darkknowledge.config import (
     config_fields,
     load_yaml,
 )
-from darkknowledge.errors import DKError
+from darkknowledge.errors import INTERRUPTED, DKError
 
 COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
     "train": (TrainConfig, RunConfig),
@@ -541,8 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_interrupt(signum: int, frame: Any) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_interrupt) if main_thread else None
     try:
         return args.func(args)
     except DKError as e:
@@ -553,6 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dk: interrupted; completed epochs are checkpointed{f' in {out}' if out else ''}: "
               "rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+            INTERRUPTED.clear()
 
 
 if __name__ == "__main__":

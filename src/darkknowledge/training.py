@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from darkknowledge.checkpoint import OPTIM_PREFIX, load_into, read_checkpoint, save_checkpoint
 from darkknowledge.config import DistillConfig, TrainConfig
 from darkknowledge.data import apply_views, background_value, channel_stats, gather_views, pad_for_jitter, view_count
-from darkknowledge.errors import DKError
+from darkknowledge.errors import INTERRUPTED, DKError
 from darkknowledge.evaluation import errors_from_logits
 from darkknowledge.fused import FusedMLPStep
 from darkknowledge.losses import (
@@ -405,5 +405,7 @@ def fit(
                 "num_classes": num_classes,
                 "epoch": epoch + 1, "epochs": cfg.epochs, "train_config": train_cfg, "history": history,
             }, extra=_optim_tensors(opt))
+        if INTERRUPTED.is_set():  # a Ctrl-C whose KeyboardInterrupt was swallowed (errors.INTERRUPTED)
+            raise KeyboardInterrupt
     bar.close()
     return history
