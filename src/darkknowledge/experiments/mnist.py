@@ -31,6 +31,7 @@ from darkknowledge.data import Dataset, drop_classes, keep_classes, load_mnist, 
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import bias_vector, errors_from_logits, fit_bias_offset
 from darkknowledge.experiments.report import (
+    check_run,
     fmt_measured,
     git_commit,
     hardware,
@@ -407,14 +408,7 @@ def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds:
 
     With ``workers > 1`` stages whose dependencies are done run in that many processes at once.
     """
-    if scale not in SCALES:
-        raise DKError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
-    sc = SCALES[scale]
-    seeds = sc.default_seeds if seeds is None else seeds
-    if seeds < 1:
-        raise DKError(f"seeds must be >= 1, got {seeds}")
-    if workers < 1:
-        raise DKError(f"workers must be >= 1, got {workers}")
+    sc, seeds = check_run(SCALES, scale, seeds, workers)
     dev = resolve_device(device)
     load_data_for(data_dir, sc, dev)  # fail fast on bad data, before anything is written
     out = Path(out)
