@@ -30,7 +30,8 @@ from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, bui
 from darkknowledge.data import balanced_fraction  # noqa: E402
 from darkknowledge.evaluation import errors_from_logits  # noqa: E402
 from darkknowledge.experiments import cifar10  # noqa: E402
-from darkknowledge.teachers import Teacher, predict_logits  # noqa: E402
+from darkknowledge.evaluation import predict_logits  # noqa: E402
+from darkknowledge.teachers import Teacher  # noqa: E402
 from darkknowledge.workflows import distill, train  # noqa: E402
 
 ROLES = ("member", "distilled", "hard_small", "soft_small")

@@ -26,7 +26,8 @@ from common import environment, save, spread, timed  # noqa: E402
 
 from darkknowledge.data import load_cifar  # noqa: E402
 from darkknowledge.experiments.cifar10 import MEMBER  # noqa: E402
-from darkknowledge.training import HardLabels, fit, new_model, resolve_precision  # noqa: E402
+from darkknowledge.training import HardLabels, fit, new_model  # noqa: E402
+from darkknowledge.device import resolve_precision  # noqa: E402
 
 
 def conv_throughput(device: torch.device, precision: str, repeats: int = 5) -> float:

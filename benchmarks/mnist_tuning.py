@@ -27,7 +27,7 @@ from common import RESULTS, append_jsonl, environment, parse_overrides  # noqa: 
 from darkknowledge.config import DistillConfig, TrainConfig, build_configs  # noqa: E402
 from darkknowledge.data import load_mnist, split_validation  # noqa: E402
 from darkknowledge.evaluation import evaluate  # noqa: E402
-from darkknowledge.experiments.mnist import load_recipe  # noqa: E402
+from darkknowledge.config import packaged_recipe  # noqa: E402
 from darkknowledge.teachers import Teacher  # noqa: E402
 from darkknowledge.training import HardLabels, SoftTargets, fit, new_model  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.set)
     classes = (TrainConfig, DistillConfig)
-    base = load_recipe(args.role, classes)
+    base = packaged_recipe("mnist", args.role, classes)
     merged = {**{k: v for c in classes for k, v in dataclasses.asdict(base[c]).items()}, **overrides}
     cfgs = build_configs(classes, merged, "--set")
     cfg, dcfg = cfgs[TrainConfig], cfgs[DistillConfig]

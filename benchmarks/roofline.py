@@ -34,7 +34,8 @@ from common import environment, matmul_throughput, save, spread, timed  # noqa: 
 
 from darkknowledge.config import TrainConfig  # noqa: E402
 from darkknowledge.models import build_model  # noqa: E402
-from darkknowledge.training import HardLabels, fit, new_model, resolve_precision  # noqa: E402
+from darkknowledge.training import HardLabels, fit, new_model  # noqa: E402
+from darkknowledge.device import resolve_precision  # noqa: E402
 
 NETS = {"mlp-1200x2": 2, "mlp-800x2": 0, "mlp-300x2": 0, "mlp-30x2": 0}  # arch -> jitter (the teacher's 2 px)
 EPOCH = 60_000

@@ -28,7 +28,8 @@ from darkknowledge.data import load_mnist, split_validation  # noqa: E402
 from darkknowledge.evaluation import evaluate  # noqa: E402
 from darkknowledge.experiments.mnist import DISTILL, DISTILLED, TEACHER  # noqa: E402
 from darkknowledge.teachers import Teacher  # noqa: E402
-from darkknowledge.training import HardLabels, SoftTargets, fit, new_model, resolve_precision  # noqa: E402
+from darkknowledge.training import HardLabels, SoftTargets, fit, new_model  # noqa: E402
+from darkknowledge.device import resolve_precision  # noqa: E402
 
 BEFORE = dict(precision="fp32", fused=False, batch_size=128, lr=0.1, warmup_epochs=1.0, grad_clip=0.0)
 

@@ -21,9 +21,27 @@ def mnist_dir() -> Path:
 
 
 def run_dk(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real entry point (``python -m darkknowledge``) as a user would."""
+    """Run the real entry point (``python -m darkknowledge``) in a new process, as a user would."""
     return subprocess.run([sys.executable, "-m", "darkknowledge", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+def dk(*args: str) -> subprocess.CompletedProcess:
+    """The ``dk`` command in this process (``cli.main``), its stdout and stderr captured: what ``run_dk`` checks,
+    without a new interpreter and torch import per call. An exception that escapes ``main`` (a traceback a
+    user would see) fails the test."""
+    import contextlib
+    import io
+
+    from darkknowledge import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(["dk", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +52,28 @@ def cifar_dir() -> Path:
         pytest.skip("real CIFAR-10 not laid out: set DK_CIFAR_DIR to a directory made by "
                     "`python ../shared/tools/datasets.py install DIR --only cifar10,cifar100` (.ci/run does this)")
     return Path(d)
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One local Ray instance for the whole test session (starting one costs seconds), shut down at its end."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'darkknowledge[ray]'; "
+                                            ".ci/run installs it)")
+    from darkknowledge import DKError
+    from darkknowledge.executors import ray_init
+
+    try:
+        ray_init()
+    except DKError as e:  # the environment (shared memory, ports), not this code: said in the -ra summary
+        pytest.skip(f"a local Ray instance does not start here: {e}")
+    yield ray
+    ray.shutdown()
+
+
+def closed_port() -> int:
+    """A loopback TCP port that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,7 +15,6 @@ from darkknowledge.data import (
     Dataset,
     apply_views,
     balanced_fraction,
-    bank_codes,
     channel_stats,
     gather_views,
     load_cifar,
@@ -25,7 +24,8 @@ from darkknowledge.data import (
 )
 from darkknowledge.models import ResNetS, build_model
 from darkknowledge.training import HardLabels, SoftTargets, fit, new_model
-from darkknowledge.workflows import distill
+from darkknowledge.views import ViewBank
+from darkknowledge.workflows import distill, student_bank
 
 
 def write_cifar10(root, n_train=50, n_test=20):
@@ -106,9 +106,9 @@ def test_balanced_fraction_and_bank_codes():
     xs, ys = balanced_fraction(x, y, 0.03, seed=1)
     assert torch.bincount(ys).tolist() == [3] * 10 and torch.equal(y[xs], ys)
     assert not torch.equal(balanced_fraction(x, y, 0.03, seed=2)[0], xs)
-    codes = bank_codes(50, 4, 4, True)
+    codes = ViewBank.random(50, 4, 4, True, 0.0).codes
     assert codes.shape == (4, 50) and (codes[0] == 40).all() and int(codes.max()) < 162
-    assert torch.equal(codes, bank_codes(50, 4, 4, True))  # seeded: every student shares one bank
+    assert torch.equal(codes, ViewBank.random(50, 4, 4, True, 0.0).codes)  # seeded: every student shares one bank
 
 
 def test_channel_stats_of_uint8_images():
@@ -182,6 +182,8 @@ def test_conv_net_learns_and_resumes_to_identical_weights(tmp_path):
         pass
 
     class Stop:  # hard labels that kill the run in its third epoch
+        bank = None  # one target per example, a fresh random view per step
+
         def __init__(self):
             self.inner, self.calls = HardLabels(y), 0
 
@@ -225,26 +227,29 @@ def test_view_bank_serves_the_teachers_target_on_the_very_view_drawn(tmp_path):
     torch.manual_seed(0)
     members = [build_model("resnet-s-w4", (3, 16, 16), 4).eval() for _ in range(2)]
     teacher = Teacher(members, cache_dir=tmp_path)
-    codes = bank_codes(len(x), 3, 2, True)
-    logits = teacher.bank_logits(x, codes, 2, True)
-    assert logits.shape == (2, 3, 40, 4) and teacher.cache_misses == 1
+    bank = ViewBank.random(len(x), 3, 2, True, 0.0)
+    codes = bank.codes
+    logits = teacher.bank_logits(x, bank)
+    assert logits.shape == (2, 3, 40, 4) and teacher.cache.misses == 1
     padded = pad_for_jitter(x, 2)
     for v in range(3):  # every bank row is the members' output on exactly that view
         view = apply_views(padded, torch.arange(40), codes[v], 2, True)
         with torch.no_grad():
             torch.testing.assert_close(logits[0, v], members[0](view))
-    teacher.bank_logits(x, codes, 2, True)
-    assert (teacher.cache_hits, teacher.cache_misses) == (1, 1)  # the same bank: computed once
+    teacher.bank_logits(x, bank)
+    assert (teacher.cache.hits, teacher.cache.misses) == (1, 1)  # the same bank: computed once
     shifted = codes.clone()
     shifted[1, 0] = (shifted[1, 0] + 1) % view_count(2, True)  # one view moved by one pixel
-    teacher.bank_logits(x, shifted, 2, True)
-    assert teacher.cache_misses == 2  # a shifted view misses the cache
+    teacher.bank_logits(x, replace(bank, codes=shifted))
+    assert teacher.cache.misses == 2  # a shifted view misses the cache
+    teacher.bank_logits(x, replace(bank, fill=1.0))
+    assert teacher.cache.misses == 3  # so does another background fill
     # fit shows example n in the view of slot v and asks the objective for row v * N + n: a spy checks it.
     targets = torch.softmax(logits.mean(0).flatten(0, 1) / 2, -1)
-    inner = SoftTargets(targets, y.repeat(3), DistillConfig(temperature=2.0), bank_codes=codes)
+    inner = SoftTargets(targets, y.repeat(3), DistillConfig(temperature=2.0), bank)
 
     class Spy:
-        bank_codes = codes
+        bank = inner.bank
 
         def __init__(self):
             self.rows = []
@@ -280,7 +285,7 @@ def test_distill_with_a_view_bank_on_conv_nets(tmp_path):
     r = distill("s", data, teacher, CONV, DistillConfig(temperature=2.0, hard_weight=0.5, soft_weight=0.5),
                 TransferConfig(view_bank=3), progress=False)
     assert len(r.history) == CONV.epochs and r.test["test_size"] == 32
-    with pytest.raises(DKError, match="view_bank needs an augmentation"):
+    with pytest.raises(DKError, match="view bank needs an augmentation"):
         distill("s", data, teacher, TrainConfig(**{**CONV.__dict__, "jitter": 0, "flip": False}),
                 DistillConfig(), TransferConfig(view_bank=2), progress=False)
 
@@ -293,3 +298,46 @@ def test_real_cifar10_and_cifar100_load(cifar_dir):
     assert c100.num_classes == 100 and len(set(c100.coarse_of_class)) == 20 and len(c100.coarse_names) == 20
     mean, std = channel_stats(c10.x_train)
     assert 0.45 < mean[0] < 0.52 and 0.2 < std[0] < 0.3
+
+
+def test_a_teacher_stage_and_its_students_agree_on_the_bank(tmp_path):
+    """A stage that fills the teacher's cache ahead of the students (``student_bank``) and ``distill`` compute the
+    same bank from the student's config: the students only hit the cache, and a student seeing other views misses."""
+    x, y = tiny_images()
+    data = Dataset("tiny", x, y, x[:32], y[:32], 4)
+    torch.manual_seed(0)
+    teacher = Teacher([new_model(CONV, (3, 16, 16), 4)], archs=[CONV.arch], cache_dir=tmp_path)
+    _, bank = student_bank(x, CONV, TransferConfig(view_bank=3))
+    teacher.bank_logits(x, bank)  # the teacher stage
+    assert teacher.cache.misses == 1
+    distill("s", data, teacher, CONV, DistillConfig(temperature=2.0), TransferConfig(view_bank=3), progress=False)
+    assert (teacher.cache.hits, teacher.cache.misses) == (1, 1)
+    distill("s", data, teacher, replace(CONV, flip=False), DistillConfig(temperature=2.0),
+            TransferConfig(view_bank=3), progress=False)
+    assert teacher.cache.misses == 2
+
+
+def test_a_bank_that_does_not_fit_the_students_augmentation_is_refused():
+    x, y = tiny_images(40)
+    targets = torch.full((3 * 40, 4), 0.25)
+    bank = ViewBank.random(40, 3, 2, True, 0.0)
+    student = build_model("resnet-s-w4", (3, 16, 16), 4)
+    cfg = TrainConfig(arch="resnet-s-w4", epochs=1, batch_size=16, lr=0.01, jitter=4, flip=True, device="cpu")
+    with pytest.raises(DKError, match="does not fit 40 examples with jitter 4"):
+        fit(student, x, SoftTargets(targets, y.repeat(3), DistillConfig(2.0), bank), cfg, progress=False)
+
+
+def test_an_exhaustive_bank_draws_views_as_random_augmentation_does():
+    """``ViewBank.every`` holds every code; fit draws from it exactly as unbanked jitter and flips draw, and the
+    target row is the one of the code drawn."""
+    from darkknowledge.views import RandomViews
+
+    x, _ = tiny_images(40)
+    padded = pad_for_jitter(x, 2)
+    bank = ViewBank.every(40, 2, True, 0.0)
+    assert bank.views == view_count(2, True) == 50
+    idx = torch.arange(0, 40, 3)
+    xa, rows = bank.draw(padded, idx, torch.Generator().manual_seed(5))
+    xb, same = RandomViews(2, True).draw(padded, idx, torch.Generator().manual_seed(5))
+    assert torch.equal(xa, xb) and torch.equal(same, idx) and torch.equal(rows % 40, idx)
+    torch.testing.assert_close(xa, apply_views(padded, idx, rows // 40, 2, True))

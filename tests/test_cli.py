@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_dk
+from conftest import dk, run_dk
 from safetensors.torch import load_file, save_file
 from test_data import fake_mnist
 
@@ -14,7 +14,7 @@ QUICK = ["--epochs", "2", "--no-progress"]
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "t"
-    r = run_dk("train", "--arch", "mlp-300x2", "--out", out, *QUICK)
+    r = dk("train", "--arch", "mlp-300x2", "--out", out, *QUICK)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -54,7 +54,7 @@ def test_train_distill_evaluate_round_trip(teacher, tmp_path):
 
 
 def test_distill_with_omitted_class_and_unlabelled(teacher, tmp_path):
-    r = run_dk("distill", "--teacher", teacher, "--omit-classes", "3", "--unlabelled", "--out", tmp_path / "s",
+    r = dk("distill", "--teacher", teacher, "--omit-classes", "3", "--unlabelled", "--out", tmp_path / "s",
                "--cache-dir", "", *QUICK)
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "s" / "model.json").read_text())
@@ -66,13 +66,13 @@ def test_distill_with_omitted_class_and_unlabelled(teacher, tmp_path):
 
 
 def test_archs_lists_the_registry():
-    r = run_dk("archs")
+    r = dk("archs")
     assert r.returncode == 0 and "mlp-1200x2" in r.stdout and "mlp-30x2" in r.stdout
 
 
 def test_existing_checkpoint_is_not_clobbered(teacher):
     before = (teacher / "model.safetensors").read_bytes()
-    assert_clean_error(run_dk("train", "--arch", "mlp-300x2", "--out", teacher, *QUICK), "already holds a checkpoint")
+    assert_clean_error(dk("train", "--arch", "mlp-300x2", "--out", teacher, *QUICK), "already holds a checkpoint")
     assert (teacher / "model.safetensors").read_bytes() == before
 
 
@@ -80,14 +80,14 @@ def test_existing_checkpoint_is_not_clobbered(teacher):
 
 def test_missing_data(tmp_path):
     out = tmp_path / "o"
-    assert_clean_error(run_dk("train", "--data", tmp_path / "nope", "--out", out, *QUICK), "neither 'digits'", out=out)
+    assert_clean_error(dk("train", "--data", tmp_path / "nope", "--out", out, *QUICK), "neither 'digits'", out=out)
 
 
 def test_corrupt_mnist_wrong_magic(tmp_path):
     root = fake_mnist(tmp_path / "m")
     (root / "t10k-images-idx3-ubyte.gz").write_bytes(__import__("gzip").compress(b"\x00\x00\x09\x99" + bytes(100)))
     out = tmp_path / "o"
-    assert_clean_error(run_dk("train", "--data", root, "--out", out, *QUICK), "not an IDX file", out=out)
+    assert_clean_error(dk("train", "--data", root, "--out", out, *QUICK), "not an IDX file", out=out)
 
 
 def test_truncated_mnist(tmp_path):
@@ -95,7 +95,7 @@ def test_truncated_mnist(tmp_path):
     f = root / "train-labels-idx1-ubyte"
     f.write_bytes(f.read_bytes()[:-3])
     out = tmp_path / "o"
-    assert_clean_error(run_dk("train", "--data", root, "--out", out, *QUICK), "truncated", out=out)
+    assert_clean_error(dk("train", "--data", root, "--out", out, *QUICK), "truncated", out=out)
 
 
 def test_class_count_mismatch_between_teacher_and_data(teacher, tmp_path):
@@ -104,20 +104,20 @@ def test_class_count_mismatch_between_teacher_and_data(teacher, tmp_path):
     np.savez(p, x_train=rng.random((30, 8, 8)), y_train=np.arange(30) % 3, x_test=rng.random((9, 8, 8)),
              y_test=np.arange(9) % 3)
     out = tmp_path / "o"
-    assert_clean_error(run_dk("distill", "--teacher", teacher, "--data", p, "--out", out, *QUICK),
+    assert_clean_error(dk("distill", "--teacher", teacher, "--data", p, "--out", out, *QUICK),
                        "teacher predicts 10 classes but the data has 3", out=out)
 
 
 def test_input_size_mismatch_between_teacher_and_data(teacher, tmp_path):
     out = tmp_path / "o"
-    assert_clean_error(run_dk("distill", "--teacher", teacher, "--data", fake_mnist(tmp_path / "m"), "--out", out,
+    assert_clean_error(dk("distill", "--teacher", teacher, "--data", fake_mnist(tmp_path / "m"), "--out", out,
                               *QUICK), "does not take this data's inputs", out=out)
 
 
 @pytest.mark.parametrize("t", ["0", "-3"])
 def test_nonpositive_temperature(teacher, tmp_path, t):
     out = tmp_path / "o"
-    assert_clean_error(run_dk("distill", "--teacher", teacher, "--temperature", t, "--out", out, *QUICK),
+    assert_clean_error(dk("distill", "--teacher", teacher, "--temperature", t, "--out", out, *QUICK),
                        "temperature must be > 0", out=out)
 
 
@@ -131,29 +131,29 @@ def test_nan_teacher(teacher, tmp_path):
     meta["weights_sha256"] = __import__("hashlib").sha256((bad / "model.safetensors").read_bytes()).hexdigest()
     (bad / "model.json").write_text(json.dumps(meta))
     out = tmp_path / "o"
-    assert_clean_error(run_dk("distill", "--teacher", bad, "--out", out, "--cache-dir", "", *QUICK), "NaN or inf", out=out)
+    assert_clean_error(dk("distill", "--teacher", bad, "--out", out, "--cache-dir", "", *QUICK), "NaN or inf", out=out)
 
 
 def test_unknown_architecture(tmp_path):
     out = tmp_path / "o"
-    assert_clean_error(run_dk("train", "--arch", "mlp-9x9", "--out", out, *QUICK), "unknown architecture 'mlp-9x9'", out=out)
+    assert_clean_error(dk("train", "--arch", "mlp-9x9", "--out", out, *QUICK), "unknown architecture 'mlp-9x9'", out=out)
 
 
 def test_unknown_recipe_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("epochs: 2\nlearning_rate: 0.1\n")
     out = tmp_path / "o"
-    assert_clean_error(run_dk("train", "--config", recipe, "--out", out), "unknown key 'learning_rate'", "allowed:", out=out)
+    assert_clean_error(dk("train", "--config", recipe, "--out", out), "unknown key 'learning_rate'", "allowed:", out=out)
 
 
 def test_wrong_type_in_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("epochs: many\n")
-    assert_clean_error(run_dk("train", "--config", recipe, "--out", tmp_path / "o"), "key 'epochs' must be int")
+    assert_clean_error(dk("train", "--config", recipe, "--out", tmp_path / "o"), "key 'epochs' must be int")
 
 
 def test_unknown_flag_value_is_rejected():
-    r = run_dk("distill", "--combine", "median", "--teacher", "x")
+    r = dk("distill", "--combine", "median", "--teacher", "x")
     assert_clean_error(r, "unknown combine method 'median'")
 
 
@@ -162,13 +162,13 @@ def test_checkpoint_of_another_architecture(teacher, tmp_path):
 
     out = tmp_path / "o"
     shutil.copytree(teacher, out)
-    assert_clean_error(run_dk("train", "--arch", "mlp-800x2", "--out", out, "--resume", *QUICK),
+    assert_clean_error(dk("train", "--arch", "mlp-800x2", "--out", out, "--resume", *QUICK),
                        "is a 'mlp-300x2' model, expected 'mlp-800x2'")
 
 
 def test_bad_bias_fix(teacher):
-    assert_clean_error(run_dk("evaluate", "--checkpoint", teacher, "--bias-fix", "three"), "CLASS=OFFSET")
-    assert_clean_error(run_dk("evaluate", "--checkpoint", teacher, "--bias-fix", "12=1"), "outside 0..9")
+    assert_clean_error(dk("evaluate", "--checkpoint", teacher, "--bias-fix", "three"), "CLASS=OFFSET")
+    assert_clean_error(dk("evaluate", "--checkpoint", teacher, "--bias-fix", "12=1"), "outside 0..9")
 
 
 def test_demo_end_to_end(tmp_path):

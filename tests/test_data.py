@@ -166,13 +166,15 @@ def test_gather_jittered_equals_per_image_slicing():
 
 
 def test_gather_jittered_shift_codes_name_the_view_drawn():
-    from darkknowledge.data import gather_jittered, jittered_views, pad_for_jitter
+    from darkknowledge.data import gather_jittered, pad_for_jitter
+    from darkknowledge.views import ViewBank
 
     x = torch.rand(40, 7, 9, generator=torch.Generator().manual_seed(1))
     k = 2
-    views = dict(jittered_views(x, k))
-    assert sorted(views) == list(range(25)) and torch.equal(views[2 * 5 + 2], x)  # code (k, k): no shift
+    bank = ViewBank.every(40, k, False, 0.0)  # every translation: the exhaustive bank
     idx = torch.arange(40)
+    views = {v: bank.images(pad_for_jitter(x, k), v, idx) for v in range(bank.views)}
+    assert sorted(views) == list(range(25)) and torch.equal(views[2 * 5 + 2], x)  # code (k, k): no shift
     out, code = gather_jittered(pad_for_jitter(x, k), idx, k, torch.Generator().manual_seed(5), return_shift=True)
     assert len(set(code.tolist())) > 10
     for b in range(40):

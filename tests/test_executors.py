@@ -52,15 +52,7 @@ def small_images(path, n=800, seed=0):
 MEMBER = TrainConfig(arch="resnet-s-w8", epochs=6, batch_size=64, lr=0.05, jitter=2, flip=True, device="cpu")
 
 
-def test_ray_retries_a_killed_member_from_its_last_epoch(tmp_path):
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'darkknowledge[ray]'; "
-                                            ".ci/run installs it)")
-    from darkknowledge.executors import ray_init
-
-    try:
-        ray_init()
-    except DKError as e:  # the environment (shared memory, ports), not this code: said in the -ra summary
-        pytest.skip(f"a local Ray instance does not start here: {e}")
+def test_ray_retries_a_killed_member_from_its_last_epoch(tmp_path, ray_instance):
     source = small_images(tmp_path / "data.npz")
     ref_task = member_tasks(source, MEMBER, 1, tmp_path / "ref")[0]
     threads = torch.get_num_threads()
@@ -96,7 +88,7 @@ def test_ray_retries_a_killed_member_from_its_last_epoch(tmp_path):
             assert torch.equal(p, q), name  # the member resumed: same weights as the uninterrupted run
         assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
     finally:
-        ray.shutdown()
+        runner.join(timeout=300)
 
 
 def test_dk_train_members_builds_an_ensemble(tmp_path):
@@ -116,3 +108,29 @@ def test_dk_train_members_builds_an_ensemble(tmp_path):
     assert not torch.equal(a.head.weight, b.head.weight)  # members differ by seed
     again = run_dk(*args)
     assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites silently
+
+
+def test_an_unreachable_ray_cluster_is_one_clear_error_and_writes_nothing(tmp_path):
+    from conftest import closed_port, run_dk
+
+    source = small_images(tmp_path / "data.npz", n=100)
+    t0 = time.time()
+    r = run_dk("train", "--members", "2", "--executor", "ray", "--address", f"127.0.0.1:{closed_port()}",
+               "--data", source, "--arch", "resnet-s-w4", "--epochs", "1", "--out", tmp_path / "ens", "--no-progress",
+               timeout=60)
+    assert time.time() - t0 < 30
+    assert r.returncode == 2 and r.stderr.startswith("dk: error: cannot reach Ray at 127.0.0.1:")
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ens").exists()
+
+
+def test_ray_addresses_are_checked_before_connecting():
+    from conftest import closed_port
+
+    from darkknowledge.executors import check_reachable
+
+    with pytest.raises(DKError, match="cannot reach Ray at ray://127.0.0.1"):
+        check_reachable(f"ray://127.0.0.1:{closed_port()}", timeout=2)
+    with pytest.raises(DKError, match="is not host:port"):
+        check_reachable("somewhere")
+    check_reachable("auto")  # left to Ray: the local cluster's address file

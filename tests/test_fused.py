@@ -110,7 +110,7 @@ def test_fused_step_gradients_equal_autograd_with_the_same_masks(dtype, tol, mon
     step = FusedMLPStep(model, opt, dtype)
     obj = HardLabels(y)
     idx = torch.arange(20)
-    loss = step(x.to(dtype), lambda z: obj.loss_and_grad(z, idx), torch.Generator().manual_seed(0))
+    loss = step(x.to(dtype), obj, idx, torch.Generator().manual_seed(0))
     assert len(masks) == 3 and all(set(m.unique().tolist()) <= {0.0, DropoutMask(p, dtype).scale}
                                    for m, p in zip(masks, (0.2, 0.5, 0.5)))
     xr = x.to(dtype).float()  # the fused step sees the inputs rounded to its dtype
@@ -131,7 +131,7 @@ def test_fused_step_subtracts_the_input_shift(monkeypatch):
         group["lr"] = 0.0
     step = FusedMLPStep(model, opt, torch.float32)
     obj = HardLabels(y)
-    step(x, lambda z: obj.loss_and_grad(z, torch.arange(20)), torch.Generator().manual_seed(0))
+    step(x, obj, torch.arange(20), torch.Generator().manual_seed(0))
     fused = {k: v.grad.clone() for k, v in model.named_parameters()}
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()  # forward subtracts the shift too

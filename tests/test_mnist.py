@@ -3,7 +3,7 @@
 import hashlib
 
 import torch
-from conftest import run_dk
+from conftest import dk
 
 from darkknowledge.data import load_mnist
 
@@ -23,7 +23,7 @@ def test_real_mnist_loads_exactly(mnist_dir):
 
 
 def test_train_on_real_mnist(mnist_dir, tmp_path):
-    r = run_dk("train", "--data", mnist_dir, "--arch", "mlp-30x2", "--epochs", "1", "--batch-size", "256",
+    r = dk("train", "--data", mnist_dir, "--arch", "mlp-30x2", "--epochs", "1", "--batch-size", "256",
                "--out", tmp_path / "m", "--no-progress")
     assert r.returncode == 0, r.stderr
     errors = int(r.stdout.splitlines()[2].split()[1])

@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from darkknowledge import DKError
 import time
 
+from darkknowledge import DKError
 from darkknowledge.experiments.runner import Stage, critical_path, read_records, run_stages
 
 STAGES = [Stage("a", "ok"), Stage("b", "boom", deps=("a",)), Stage("c", "ok", deps=("b",)),
           Stage("d", "ok", deps=("a",)), Stage("e", "crash")]
 
 
-def execute(stage):
+def execute(stage, inputs):
     if stage.kind == "boom":
         raise DKError("training diverged (loss nan) in epoch 1")
     if stage.kind == "crash":
@@ -42,7 +42,7 @@ def test_resume_keeps_done_stages_and_retries_failed_ones(tmp_path):
     run_stages(STAGES, execute, tmp_path, report=lambda r: None, progress=False, log=lambda m: None)
     ran = []
 
-    def fixed(stage):
+    def fixed(stage, inputs):
         ran.append(stage.name)
         return {"value": stage.name}
 
@@ -54,10 +54,27 @@ def test_resume_keeps_done_stages_and_retries_failed_ones(tmp_path):
     assert ran == [s.name for s in STAGES]  # without resume everything runs again
 
 
-def _parallel_execute(stage):
+def _parallel_execute(stage, inputs):
     if stage.kind == "boom":
         raise DKError("boom")
     return {"value": stage.name}
+
+
+def test_a_stage_gets_the_results_of_the_stages_it_needs(tmp_path):
+    stages = [Stage("a", "ok"), Stage("b", "ok"), Stage("c", "sum", deps=("b", "a"))]
+
+    def add(stage, inputs):
+        if stage.kind == "sum":
+            return {"inputs": sorted(inputs), "value": "+".join(inputs[d]["value"] for d in stage.deps)}
+        return {"value": stage.name}
+
+    records = run_stages(stages, add, tmp_path, report=lambda r: None, progress=False, log=lambda m: None)
+    assert records["c"]["result"] == {"inputs": ["a", "b"], "value": "b+a"}
+    # Resumed, the finished stages are not run again, yet a retried dependant still gets their results.
+    (tmp_path / "stages" / "c.json").unlink()
+    records = run_stages(stages, add, tmp_path, report=lambda r: None, resume=True, progress=False,
+                         log=lambda m: None)
+    assert records["c"]["result"]["value"] == "b+a"
 
 
 def test_parallel_workers_record_the_same_outcomes(tmp_path):
@@ -66,7 +83,7 @@ def test_parallel_workers_record_the_same_outcomes(tmp_path):
     assert {k: v["status"] for k, v in records.items()} == {"a": "done", "b": "failed", "c": "failed", "d": "done"}
 
 
-def _timed_execute(stage):
+def _timed_execute(stage, inputs):
     start = time.time()
     time.sleep(1.5)  # longer than a spawned worker's start-up skew on a loaded machine
     return {"start": start}

@@ -17,10 +17,10 @@ from conftest import run_dk
 from darkknowledge import DKError
 from darkknowledge import specialists as sp
 from darkknowledge.checkpoint import load_checkpoint, read_meta
-from darkknowledge.config import TrainConfig
+from darkknowledge.config import SpecialistConfig, TrainConfig
 from darkknowledge.executors import run_tasks
 from darkknowledge.models import build_model
-from darkknowledge.teachers import predict_logits
+from darkknowledge.evaluation import predict_logits
 
 
 def planted_covariance(groups, c=30, seed=0):
@@ -126,25 +126,26 @@ def generalist(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("spec")
     source = small_images(d / "data.npz")
-    member_task({"data": source, "val_size": 200, "name": "g", "out": str(d / "g"),
-                 "config": dataclasses.asdict(GEN)})
+    from darkknowledge.ensembles import MemberTask
+
+    member_task(MemberTask(source, GEN, str(d / "g"), "g", val_size=200))
     return source, d
 
 
 def _task(source, d, name, subset, **kw):
-    return {"data": source, "val_size": 200, "generalist": str(d / "g"), "subset": subset, "name": name,
-            "out": str(d / name), "config": dataclasses.asdict(SPEC), **kw}
+    return sp.SpecialistTask(source, str(d / "g"), tuple(subset), name, str(d / name), SPEC, val_size=200, **kw)
 
 
 def test_specialists_train_locally_and_combine(generalist):
     source, d = generalist
     subsets = [[0, 1], [2, 3], [1, 2, 3]]
     tasks = [_task(source, d, f"m{m}", s) for m, s in enumerate(subsets)]
-    tasks.append(_task(source, d, "soft", [0, 1], soft_weight=1.0, views=2, cache_dir=str(d / "cache")))
+    tasks.append(_task(source, d, "soft", [0, 1], specialist=SpecialistConfig(soft_weight=1.0, views=2),
+                       cache_dir=str(d / "cache")))
     outcomes = run_tasks(sp.specialist_task, tasks, progress=False)
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     for o, s in zip(outcomes, subsets):
-        assert o.value["subset"] == s and o.value["dustbin_offset"] == pytest.approx(math.log(6 / len(s) - 1), abs=0.1)
+        assert o.value["subset"] == list(s) and o.value["dustbin_offset"] == pytest.approx(math.log(6 / len(s) - 1), abs=0.1)
     soft_meta = read_meta(d / "soft")
     assert soft_meta["soft_weight"] == 1.0 and soft_meta["views"] == 2
     specs = [sp.load_specialist(d / f"m{m}") for m in range(3)]
@@ -166,30 +167,22 @@ def test_specialist_of_a_generalist_for_other_data_is_refused(generalist, tmp_pa
     source, d = generalist
     other = small_images(tmp_path / "other.npz", c=4)
     with pytest.raises(DKError, match="predicts 6 classes, the data has 4"):
-        sp.specialist_task(_task(other, d, "bad", [0, 1]) | {"out": str(tmp_path / "bad")})
+        sp.specialist_task(dataclasses.replace(_task(other, d, "bad", [0, 1]), out=str(tmp_path / "bad")))
     with pytest.raises(DKError, match="not a specialist"):
         sp.load_specialist(d / "g")
 
 
-def test_ray_retries_a_killed_specialist_from_its_last_epoch(generalist, tmp_path):
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'darkknowledge[ray]'; "
-                                            ".ci/run installs it)")
-    from darkknowledge.executors import ray_init
-
-    try:
-        ray_init()
-    except DKError as e:
-        pytest.skip(f"a local Ray instance does not start here: {e}")
+def test_ray_retries_a_killed_specialist_from_its_last_epoch(generalist, tmp_path, ray_instance):
     source, d = generalist
-    cfg = dataclasses.asdict(dataclasses.replace(SPEC, epochs=6))
-    ref = _task(source, d, "ref", [2, 3]) | {"out": str(tmp_path / "ref"), "config": cfg}
+    ref = dataclasses.replace(_task(source, d, "ref", [2, 3]), out=str(tmp_path / "ref"),
+                              config=dataclasses.replace(SPEC, epochs=6))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the Ray task will (1 CPU): convolutions sum in the same order
     try:
         sp.specialist_task(ref)
     finally:
         torch.set_num_threads(threads)
-    task = ref | {"out": str(tmp_path / "ray")}
+    task = dataclasses.replace(ref, out=str(tmp_path / "ray"))
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(r=run_tasks(
         sp.specialist_task, [task], executor="ray", cpus_per_task=1, progress=False)))
@@ -216,7 +209,7 @@ def test_ray_retries_a_killed_specialist_from_its_last_epoch(generalist, tmp_pat
             assert torch.equal(p, q), name  # resumed, not retrained: the uninterrupted run's weights
         assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
     finally:
-        ray.shutdown()
+        runner.join(timeout=300)
 
 
 def test_dk_specialists_cluster_train_evaluate(generalist, tmp_path):

@@ -29,25 +29,25 @@ def test_cache_hits_and_never_serves_stale_targets(members, tmp_path):
     x = torch.rand(40, 8, 8)
     t = Teacher(members[:2], cache_dir=tmp_path)
     a = t.soft_targets(x, 2.0)
-    assert (t.cache_misses, t.cache_hits) == (1, 0)
+    assert (t.cache.misses, t.cache.hits) == (1, 0)
     torch.testing.assert_close(t.soft_targets(x, 2.0), a)
-    assert t.cache_hits == 1  # same teacher, same data: served from the cache
+    assert t.cache.hits == 1  # same teacher, same data: served from the cache
     b = t.soft_targets(x, 20.0)  # another temperature: derived from cached logits, not stale
-    assert t.cache_misses == 1 and not torch.allclose(a, b)
+    assert t.cache.misses == 1 and not torch.allclose(a, b)
     torch.testing.assert_close(b, ensemble_probs(torch.stack([m.eval()(x) for m in members[:2]]), 20.0))
     x2 = x.clone()
     x2[0, 0, 0] += 0.5  # changed data
     t.soft_targets(x2, 2.0)
-    assert t.cache_misses == 2
+    assert t.cache.misses == 2
     with torch.no_grad():  # changed teacher weights
         members[0].net[-1].bias[0] += 1.0
     c = t.soft_targets(x, 2.0)
-    assert t.cache_misses == 3 and not torch.allclose(a, c)
-    assert t.member_logits(x, view="jitter-1").shape == (2, 40, 10) and t.cache_misses == 4  # views cached apart
+    assert t.cache.misses == 3 and not torch.allclose(a, c)
+    assert t.member_logits(x, view="jitter-1").shape == (2, 40, 10) and t.cache.misses == 4  # views cached apart
     # A fresh teacher object with the same weights reads the disk cache.
     fresh = Teacher(members[:2], cache_dir=tmp_path)
     torch.testing.assert_close(fresh.soft_targets(x, 2.0), c)
-    assert (fresh.cache_hits, fresh.cache_misses) == (1, 0)
+    assert (fresh.cache.hits, fresh.cache.misses) == (1, 0)
 
 
 def test_nan_teacher_outputs_rejected(members):

@@ -211,18 +211,20 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(digits):
 
 
 def test_jittered_views_pair_each_drawn_image_with_its_own_target(digits):
-    """fit hands the objective row n * views + code for the view it drew: a spy checks every batch."""
-    from darkknowledge.data import jittered_views
+    """With a bank of every translation, fit hands the objective row code * N + n for the view it drew of example
+    n: a spy checks every batch."""
+    from darkknowledge.data import pad_for_jitter
+    from darkknowledge.views import ViewBank
 
     x = digits.x_train
-    views = dict(jittered_views(x, 1))
+    n = len(x)
+    bank = ViewBank.every(n, 1, False, 0.0)
+    padded = pad_for_jitter(x, 1)
     seen = []
 
     class Spy:  # the hard-label loss over labels repeated per view, recording the rows it is asked for
-        views = 9
-
-        def __init__(self):
-            self.inner, self.rows = HardLabels(digits.y_train.repeat_interleave(9)), []
+        def __init__(self, bank):
+            self.bank, self.inner, self.rows = bank, HardLabels(digits.y_train.repeat(9)), []
 
         def to(self, device):
             return self
@@ -231,7 +233,7 @@ def test_jittered_views_pair_each_drawn_image_with_its_own_target(digits):
             self.rows.append(idx.clone())
             return self.inner(logits, idx)
 
-    spy = Spy()
+    spy = Spy(bank)
     cfg = replace(FAST, epochs=1, jitter=1, fused=False, precision="fp32")
     model = new_model(cfg, 64, 10)
     forward = model.forward
@@ -245,12 +247,12 @@ def test_jittered_views_pair_each_drawn_image_with_its_own_target(digits):
     rows, seen = spy.rows, seen[1:]  # fit's first forward only sizes the output
     assert len(rows) == len(seen) > 0
     for xb, idx in zip(seen, rows):
-        n, code = idx // 9, idx % 9
-        for b in range(len(idx)):
-            assert torch.equal(xb[b].reshape(8, 8), views[int(code[b])][int(n[b])])
+        code, m = idx // n, idx % n
+        for b in range(len(idx)):  # the image drawn is view code[b] of example m[b]
+            assert torch.equal(xb[b], bank.images(padded, int(code[b]), m[b:b + 1])[0])
     cfg_bad = replace(cfg, jitter=2)
-    with pytest.raises(DKError, match="targets for 9 views, but jitter 2 and flip False draw 25"):
-        fit(new_model(cfg_bad, 64, 10), x, spy, cfg_bad, progress=False)
+    with pytest.raises(DKError, match="does not fit .* with jitter 2"):
+        fit(new_model(cfg_bad, 64, 10), x, Spy(bank), cfg_bad, progress=False)
 
 
 def test_distilling_on_jittered_views_trains(digits):

@@ -135,3 +135,28 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None,
     weights, meta, extra = read_checkpoint(path, expected_arch)
     model = build_model(meta["arch"], meta.get("in_shape") or int(meta["in_features"]), int(meta["num_classes"]))
     return load_into(model, weights, str(checkpoint_dir(path)), meta["arch"]).to(device), meta, extra
+
+
+# Settings that do not change the trained weights: a run may resume with other values.
+RESUME_FREE = ("device", "eval_every")
+
+
+def resume_state(path: str | Path, arch: str, train_config: dict[str, Any], defaults: dict[str, Any],
+                 meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(weights, meta, extra)`` of the unfinished run in ``path`` to continue, or None where there is none.
+
+    The run must have been trained with the same settings: ``train_config`` (the ``TrainConfig`` as a dict,
+    its ``RESUME_FREE`` keys left out; a key added after the checkpoint was written counts as its entry in
+    ``defaults``, so old runs resume) and every key of ``meta`` (the objective's settings: temperature,
+    transfer set, teacher...), compared JSON-normalised. Anything else is a DKError naming what changed.
+    """
+    if not (Path(path) / META).is_file():
+        return None
+    weights, saved_meta, extra = read_checkpoint(path, expected_arch=arch)
+    saved = {**defaults, **{k: v for k, v in saved_meta.get("train_config", {}).items() if k not in RESUME_FREE}}
+    changed = sorted(k for k in train_config.keys() | saved.keys() if saved.get(k) != train_config.get(k))
+    wanted = json.loads(json.dumps(meta))
+    changed += sorted(k for k, v in wanted.items() if saved_meta.get(k) != v)
+    if changed:
+        raise DKError(f"cannot resume {path}: it was trained with different settings ({', '.join(changed)})")
+    return weights, saved_meta, extra

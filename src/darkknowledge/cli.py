@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from darkknowledge.config import (
+    ClusterConfig,
     DistillConfig,
     RunConfig,
+    SpecialistConfig,
     TeacherConfig,
     TrainConfig,
     TransferConfig,
     build_configs,
     config_fields,
     load_yaml,
+    recipe_path,
 )
+from darkknowledge.device import DEFAULT_DEVICE
 from darkknowledge.errors import INTERRUPTED, DKError
 
 COMMAND_CONFIGS: dict[str, tuple[type, ...]] = {
@@ -123,7 +127,7 @@ def _train_members(args: argparse.Namespace, cfg: TrainConfig, run: RunConfig) -
     from darkknowledge.data import load_data
     from darkknowledge.ensembles import evaluate_ensemble, train_members
     from darkknowledge.teachers import Teacher
-    from darkknowledge.training import resolve_device
+    from darkknowledge.device import resolve_device
 
     out = Path(run.out)
     if args.members < 1:
@@ -159,7 +163,7 @@ def _train_members(args: argparse.Namespace, cfg: TrainConfig, run: RunConfig) -
 def cmd_distill(args: argparse.Namespace) -> int:
     from darkknowledge.data import load_data
     from darkknowledge.teachers import Teacher
-    from darkknowledge.training import resolve_device
+    from darkknowledge.device import resolve_device
     from darkknowledge.workflows import distill
 
     cfgs = resolve(args, COMMAND_CONFIGS["distill"])
@@ -241,23 +245,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise DKError("give --resume or --overwrite, not both")
     out = Path(args.out or f"runs/{args.experiment}-{scale}")
-    common = dict(scale=scale, seeds=args.seeds, device=args.device, progress=not args.no_progress,
-                  workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-                  log=lambda m: print(m, file=sys.stderr))
-    if args.experiment == "cifar10":
-        from darkknowledge.experiments.cifar10 import reproduce as reproduce_cifar10
+    from importlib import import_module
 
-        results = reproduce_cifar10(args.data_dir, out, executor=args.executor, address=args.address, **common)
-    elif args.experiment == "cifar100":
-        from darkknowledge.experiments.cifar100 import reproduce as reproduce_cifar100
+    from darkknowledge.experiments.report import reproduce
 
-        results = reproduce_cifar100(args.data_dir, out, executor=args.executor, address=args.address, **common)
-    else:
-        if args.executor != "local":
-            raise DKError("reproduce mnist runs its stages locally (--workers); --executor ray is for cifar10 and cifar100")
-        from darkknowledge.experiments.mnist import reproduce
-
-        results = reproduce(args.data_dir, out, **common)
+    experiment = import_module(f"darkknowledge.experiments.{args.experiment}").EXPERIMENT
+    results = reproduce(experiment, args.data_dir, out, scale=scale, seeds=args.seeds, device=args.device,
+                        progress=not args.no_progress, workers=args.workers, resume=args.resume,
+                        overwrite=args.overwrite, executor=args.executor, address=args.address,
+                        log=lambda m: print(m, file=sys.stderr))
     from darkknowledge.experiments.report import fmt_measured
 
     print_table([{**r, "measured": fmt_measured(r), "paper": "" if r["paper"] is None else r["paper"]}
@@ -291,7 +287,7 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
 
 def _specialist_data(args: argparse.Namespace):
-    from darkknowledge.ensembles import load_split
+    from darkknowledge.data import load_split
 
     if args.val_size < 1:
         raise DKError(f"--val-size must be >= 1 (the clusters are chosen on a validation split), got {args.val_size}")
@@ -310,32 +306,29 @@ def _generalist(path: str, data, device):
 
 def cmd_specialists_cluster(args: argparse.Namespace) -> int:
     """Covariance of the generalist's predictions on the validation split -> overlapping class subsets."""
-    import numpy as np
-    import torch
-
     from darkknowledge import specialists as sp
-    from darkknowledge.experiments.cifar100 import plot_clusters
-    from darkknowledge.teachers import predict_logits
-    from darkknowledge.training import resolve_device
+    from darkknowledge.device import resolve_device
 
+    ccfg = resolve(args, (ClusterConfig,))[ClusterConfig]
     device = resolve_device(args.device)
     data, (xv, _) = _specialist_data(args)
     model, _ = _generalist(args.generalist, data, device)
-    probs = torch.softmax(predict_logits(model, xv.to(device)), -1).cpu()
-    cov = sp.prediction_covariance(probs)
-    subsets = sp.cluster_classes(cov, args.specialists, args.max_classes, min_size=args.min_classes, seed=args.seed)
+    clusters = sp.cluster_from_generalist(model, xv.to(device), ccfg)
+    extra: dict[str, Any] = {"generalist": args.generalist, "data": args.data, "val_size": args.val_size,
+                             "split_seed": args.split_seed}
+    if data.coarse_of_class:
+        extra.update(sp.superclass_agreement(clusters, data.coarse_of_class, seed=ccfg.cluster_seed))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sp.save_clusters(out / "clusters.json", subsets, data.num_classes, data.class_names,
-                     {"generalist": args.generalist, "data": args.data, "val_size": args.val_size,
-                      "split_seed": args.split_seed})
-    plot_clusters(cov, subsets, out / "clusters.png", data.class_names)
+    sp.save_clusters(out / "clusters.json", clusters.subsets, data.num_classes, data.class_names, extra)
+    sp.plot_clusters(clusters, out / "clusters.png")
     names = data.class_names or tuple(str(i) for i in range(data.num_classes))
     print_table([{"specialist": f"m{m}", "classes": len(s), "names": ", ".join(names[k] for k in s)}
-                 for m, s in enumerate(subsets)], ("specialist", "classes", "names"))
-    cov_counts = np.bincount(sp.coverage(subsets, data.num_classes))
-    print(f"classes covered by 0, 1, 2, ... specialists: {cov_counts.tolist()}; wrote {out}/clusters.json and "
-          f"{out}/clusters.png")
+                 for m, s in enumerate(clusters.subsets)], ("specialist", "classes", "names"))
+    agreement = (f"; ARI vs the data's superclasses {extra['ari_superclasses']:.2f}"
+                 if "ari_superclasses" in extra else "")
+    print(f"classes covered by 0, 1, 2, ... specialists: {clusters.coverage_counts()}{agreement}; wrote "
+          f"{out}/clusters.json and {out}/clusters.png")
     return 0
 
 
@@ -347,10 +340,9 @@ def cmd_specialists_train(args: argparse.Namespace) -> int:
     from darkknowledge.executors import run_tasks
 
     if not args.config:  # the specialist recipe (fine-tuning from the generalist), then flags
-        from importlib.resources import files
-
-        args.config = str(files("darkknowledge.recipes.cifar100") / "specialist.yaml")
-    cfg = resolve(args, (TrainConfig,))[TrainConfig]
+        args.config = str(recipe_path("cifar100", "specialist"))
+    cfgs = resolve(args, (TrainConfig, SpecialistConfig))
+    cfg, spec = cfgs[TrainConfig], cfgs[SpecialistConfig]
     subsets, doc = sp.load_clusters(args.clusters)
     data, _ = _specialist_data(args)
     _, gmeta = _generalist(args.generalist, data, "cpu")
@@ -361,11 +353,9 @@ def cmd_specialists_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for m in range(len(subsets)):
         _check_out(out / f"m{m}", args.resume, args.overwrite)
-    tasks = [{"data": args.data, "val_size": args.val_size, "limit": 0, "generalist": args.generalist,
-              "subset": s, "name": f"m{m}", "out": str(out / f"m{m}"),
-              "config": dataclasses.asdict(dataclasses.replace(cfg, seed=cfg.seed + m)),
-              "soft_weight": args.soft_weight, "temperature": args.temperature, "views": args.views,
-              "cache_dir": str(out / "cache"), "progress": not args.no_progress and args.workers == 1}
+    tasks = [sp.SpecialistTask(args.data, args.generalist, tuple(s), f"m{m}", str(out / f"m{m}"),
+                               dataclasses.replace(cfg, seed=cfg.seed + m), spec, args.val_size, 0,
+                               str(out / "cache"), not args.no_progress and args.workers == 1)
              for m, s in enumerate(subsets)]
     outcomes = run_tasks(sp.specialist_task, tasks, executor=args.executor, workers=args.workers,
                          address=args.address, progress=not args.no_progress, desc="specialists")
@@ -388,8 +378,8 @@ def cmd_specialists_evaluate(args: argparse.Namespace) -> int:
 
     from darkknowledge import specialists as sp
     from darkknowledge.data import load_data
-    from darkknowledge.teachers import predict_logits
-    from darkknowledge.training import resolve_device
+    from darkknowledge.evaluation import predict_logits
+    from darkknowledge.device import resolve_device
 
     device = resolve_device(args.device)
     data = load_data(args.data)
@@ -431,15 +421,13 @@ def add_specialists_parser(sub) -> None:
                                 "(default: 5000)")
             q.add_argument("--split-seed", type=int, default=0, help="seed of that split (default: 0)")
         if device:
-            q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+            q.add_argument("--device", default=DEFAULT_DEVICE, help=f"cpu, cuda or auto (default: {DEFAULT_DEVICE})")
 
     q = ssub.add_parser("cluster", help="cluster the classes the generalist confuses (MiniBatchKMeans)")
     common(q)
-    q.add_argument("--specialists", type=int, default=10, help="how many class subsets (default: 10)")
-    q.add_argument("--max-classes", type=int, default=10, help="classes per subset at most (default: 10)")
-    q.add_argument("--min-classes", type=int, default=2, help="classes per subset at least (default: 2)")
-    q.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
     q.add_argument("--out", required=True, help="directory for clusters.json and clusters.png")
+    q.set_defaults(config=None)
+    add_config_flags(q, (ClusterConfig,))
     q.set_defaults(func=cmd_specialists_cluster)
 
     q = ssub.add_parser("train", help="one specialist per subset, initialised from the generalist")
@@ -448,13 +436,9 @@ def add_specialists_parser(sub) -> None:
     q.add_argument("--out", required=True, help="specialists go to OUT/m0, OUT/m1, ...")
     q.add_argument("--config", help="YAML recipe (flat mapping; flags override it; default: the specialist recipe, "
                                     "recipes/cifar100/specialist.yaml)")
-    q.add_argument("--soft-weight", type=float, default=0.0,
-                   help="weight of the generalist's soft targets as an extra term (paper 6.1; 0: off, the default)")
-    q.add_argument("--temperature", type=float, default=2.0, help="temperature of those soft targets (default: 2)")
-    q.add_argument("--views", type=int, default=4, help="augmented views in their target bank (default: 4)")
     q.add_argument("--resume", action="store_true", help="continue unfinished specialists in --out")
     q.add_argument("--overwrite", action="store_true", help="replace specialists already in --out")
-    add_config_flags(q, (TrainConfig,))
+    add_config_flags(q, (TrainConfig, SpecialistConfig))
     add_executor_flags(q)
     q.set_defaults(func=cmd_specialists_train)
 
@@ -484,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="teacher, hard-label student and distilled student on the embedded digits")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed for all three models (default: 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"cpu, cuda or auto (default: {DEFAULT_DEVICE})")
     p.set_defaults(func=cmd_demo)
 
     for name, func, text in (("train", cmd_train, "train a model on hard labels"),
@@ -515,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files or CIFAR pickles")
     p.add_argument("--out", help="output directory (default: runs/EXPERIMENT-SCALE)")
     p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3; 1 at smoke scale)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"cpu, cuda or auto (default: {DEFAULT_DEVICE})")
     p.add_argument("--scale", choices=["full", "quick", "smoke"], default="full",
                    help="full: paper scale; quick: minutes on 2 CPU cores; smoke: seconds, for tests")
     p.add_argument("--quick", action="store_true", help="same as --scale quick")

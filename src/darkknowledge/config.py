@@ -7,7 +7,6 @@ command accepts; an unknown key or a value of the wrong type is a DKError naming
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from darkknowledge.device import DEFAULT_DEVICE, check_device
 from darkknowledge.errors import DKError
 from darkknowledge.losses import COMBINE_METHODS
 from darkknowledge.models import check_arch
@@ -44,7 +44,7 @@ class TrainConfig:
                         "(paper: 2 for the MNIST teacher; 4 is the usual CIFAR random crop of a 4-pixel-padded image)", 0)
     flip: bool = _help("random left-right mirror of training images, probability 1/2 (CIFAR; not for digits)", False)
     seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
-    device: str = _help("cpu, cuda, cuda:N, or auto (cuda when available)", "cpu")
+    device: str = _help("cpu, cuda, cuda:N, mps, or auto (cuda when available)", DEFAULT_DEVICE)
     precision: str = _help("auto (bf16 where the device computes it natively, else fp32), fp32 or bf16; "
                            "bf16 runs the matmuls in bf16, master weights and SGD stay fp32", "auto")
     fused: bool = _help("MLPs train through the fused step (explicit matmuls, closed-form logit gradients, fused "
@@ -62,8 +62,7 @@ class TrainConfig:
             raise DKError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
         if self.precision not in PRECISIONS:
             raise DKError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
-        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", self.device):
-            raise DKError(f"unknown device {self.device!r}; allowed: cpu, cuda, cuda:N, mps, auto")
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -117,6 +116,35 @@ class TransferConfig:
             raise DKError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.omit_classes and self.only_classes:
             raise DKError("give omit_classes or only_classes, not both")
+
+
+@dataclass(frozen=True)
+class SpecialistConfig:
+    """How a specialist learns beyond its hard labels (paper sections 5.2 and 6.1)."""
+
+    soft_weight: float = _help("weight of the generalist's soft targets as an extra term (paper 6.1; 0: off)", 0.0)
+    temperature: float = _help("temperature of those soft targets", 2.0)
+    views: int = _help("augmented views in their target bank (the specialist's jitter/flip)", 4)
+
+    def __post_init__(self) -> None:
+        _positive(self, "temperature", "views")
+        _non_negative(self, "soft_weight")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How the classes a generalist confuses are clustered into specialist subsets (paper section 5.3)."""
+
+    specialists: int = _help("how many class subsets", 10)
+    max_classes: int = _help("classes per subset at most", 10)
+    min_classes: int = _help("classes per subset at least", 2)
+    cluster_seed: int = _help("k-means seed", 0)
+
+    def __post_init__(self) -> None:
+        _positive(self, "specialists")
+        if not 2 <= self.min_classes <= self.max_classes:
+            raise DKError(f"cluster sizes must satisfy 2 <= min_classes ({self.min_classes}) <= max_classes "
+                          f"({self.max_classes})")
 
 
 @dataclass(frozen=True)
@@ -195,3 +223,16 @@ def build_configs(classes: tuple[type, ...], overrides: dict[str, Any], source: 
         cls, ann = owner[key]
         kwargs[cls][key] = _coerce(key, value, ann)
     return {cls: cls(**kw) for cls, kw in kwargs.items()}
+
+
+def recipe_path(family: str, name: str) -> Path:
+    """A packaged recipe file: ``darkknowledge/recipes/FAMILY/NAME.yaml`` (``mnist/teacher``, ...)."""
+    from importlib.resources import files
+
+    return Path(str(files(f"darkknowledge.recipes.{family}") / f"{name}.yaml"))
+
+
+def packaged_recipe(family: str, name: str, classes: tuple[type, ...] = (TrainConfig,)) -> dict[type, Any]:
+    """A packaged recipe, validated like any user recipe: ``{config class: instance}``."""
+    path = recipe_path(family, name)
+    return build_configs(classes, load_yaml(path), f"recipe {family}/{path.name}")

@@ -457,27 +457,6 @@ def gather_views(padded: torch.Tensor, idx: torch.Tensor, max_shift: int, flip: 
     return (out, codes) if return_code else out
 
 
-def bank_codes(n: int, views: int, max_shift: int, flip: bool, seed: int = 0) -> torch.Tensor:
-    """View codes ``[views, n]`` of a view bank: slot 0 is every image as it is (untranslated, unmirrored),
-    the other slots random views (``apply_views``), seeded, so every student drawing on one bank sees
-    the same views and the teacher's targets on them are computed once."""
-    if views < 1:
-        raise DKError(f"a view bank needs at least 1 view, got {views}")
-    codes = torch.randint(0, view_count(max_shift, flip), (views, n), generator=torch.Generator().manual_seed(seed))
-    codes[0] = max_shift * (2 * max_shift + 1) + max_shift
-    return codes
-
-
-def jittered_views(x: torch.Tensor, max_shift: int, value: float = 0.0):
-    """Yield ``(code, view)``: every translation of the images ``[N, H, W]`` that ``gather_jittered`` can
-    draw, each view ``[N, H, W]`` with its shift code (filled with ``value``)."""
-    k, (h, w) = max_shift, x.shape[1:]
-    padded = pad_for_jitter(x, k, value)
-    for dy in range(2 * k + 1):
-        for dx in range(2 * k + 1):
-            yield dy * (2 * k + 1) + dx, padded[:, dy:dy + h, dx:dx + w].contiguous()
-
-
 def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None,
            value: float = 0.0) -> torch.Tensor:
     """Translate each image ``[B, H, W]`` by an independent random (dy, dx) in [-k, k]^2, filled with ``value``.
@@ -488,3 +467,26 @@ def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = 
     if max_shift <= 0:
         return x
     return gather_jittered(pad_for_jitter(x, max_shift, value), torch.arange(len(x), device=x.device), max_shift, generator)
+
+
+_SPLITS: dict[tuple[str, int, int, int], tuple[Dataset, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+
+
+def load_split(source: str, val_size: int = 0, limit: int = 0, seed: int = 0
+               ) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``load_data(source)`` (first ``limit`` training images after a seeded shuffle if set), with
+    ``val_size`` images carved off the training split as ``(x_val, y_val)``; cached per process, so every
+    stage and task of one process shares one copy."""
+    key = (source, val_size, limit, seed)
+    if key not in _SPLITS:
+        data = load_data(source)
+        x, y = data.x_train, data.y_train
+        if limit:
+            keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+            x, y = x[keep], y[keep]
+        val = None
+        if val_size:
+            x, y, xv, yv = split_validation(x, y, val_size, seed)
+            val = (xv, yv)
+        _SPLITS[key] = (replace(data, x_train=x, y_train=y), val)
+    return _SPLITS[key]

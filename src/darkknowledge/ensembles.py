@@ -1,17 +1,16 @@
 """Ensembles (paper section 4): N members that differ only by seed, trained through an executor, and
 evaluated alone and under the arithmetic and geometric means of their distributions.
 
-Each member is one ``member_task``: it trains ``workflows.train`` into ``OUT/member{i}`` with an epoch
+Each member is one ``MemberTask`` for ``member_task``: it trains ``workflows.train`` into ``OUT/member{i}`` with an epoch
 checkpoint and ``resume``, so a member whose worker died continues from its last finished epoch when
 the executor retries it. ``OUT/ensemble.json`` lists the members and their outcomes as they finish.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,50 +18,37 @@ import torch
 
 from darkknowledge.checkpoint import atomic_write_json
 from darkknowledge.config import TrainConfig
-from darkknowledge.data import Dataset, load_data, split_validation
+from darkknowledge.data import load_split
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits
 from darkknowledge.executors import Outcome, run_tasks
 from darkknowledge.losses import COMBINE_METHODS, ensemble_probs
 from darkknowledge.teachers import Teacher
 
-_DATA: dict[tuple[str, int, int], Dataset] = {}
+@dataclass(frozen=True)
+class MemberTask:
+    """One member to train (or resume): what ``member_task`` reads; any executor can carry it."""
+
+    data: str  # a ``data.load_data`` source
+    config: TrainConfig
+    out: str  # the member's checkpoint directory
+    name: str
+    val_size: int = 0  # training images carved off for validation (``data.load_split``)
+    limit: int = 0  # the first N training images of a seeded shuffle (0: all)
+    progress: bool = False
 
 
-def load_split(source: str, val_size: int = 0, limit: int = 0, seed: int = 0) -> tuple[Dataset, tuple | None]:
-    """``load_data(source)`` (first ``limit`` training images after a seeded shuffle if set), with
-    ``val_size`` images carved off the training split as ``(x_val, y_val)``; cached per process."""
-    key = (source, val_size, limit, seed)
-    if key not in _DATA:
-        data = load_data(source)
-        x, y = data.x_train, data.y_train
-        if limit:
-            keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-            x, y = x[keep], y[keep]
-        val = None
-        if val_size:
-            x, y, xv, yv = split_validation(x, y, val_size, seed)
-            val = (xv, yv)
-        _DATA[key] = (replace(data, x_train=x, y_train=y), val)
-    return _DATA[key]
-
-
-def member_task(task: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume) one member; a top-level function, so any executor can run it.
-
-    ``task``: ``data`` (a ``load_data`` source), ``val_size``, ``limit``, ``config`` (a ``TrainConfig`` as a
-    dict), ``out`` (the member's checkpoint directory), ``name``, ``progress``.
-    """
+def member_task(task: MemberTask) -> dict[str, Any]:
+    """Train (or resume) one member into ``task.out``; a top-level function, so any executor can run it."""
     from darkknowledge.workflows import train
 
-    out = Path(task["out"])
+    out = Path(task.out)
     out.mkdir(parents=True, exist_ok=True)
     # Where the member runs, for whoever watches (or kills) it: rewritten by every attempt.
     atomic_write_json(out / "worker.json", {"pid": os.getpid(), "host": socket.gethostname()})
-    data, _ = load_split(task["data"], task.get("val_size", 0), task.get("limit", 0))
-    cfg = TrainConfig(**task["config"])
-    result = train(task["name"], data, cfg, out=out, resume=True, progress=task.get("progress", False))
-    return {"name": task["name"], "out": str(out), "seed": cfg.seed, "test_errors": result.test["errors"],
+    data, _ = load_split(task.data, task.val_size, task.limit)
+    result = train(task.name, data, task.config, out=out, resume=True, progress=task.progress)
+    return {"name": task.name, "out": str(out), "seed": task.config.seed, "test_errors": result.test["errors"],
             "test_size": result.test["test_size"], "accuracy": result.test["accuracy"],
             "epochs": len(result.history), "seconds": round(result.seconds, 2),
             "history": [{k: h[k] for k in ("epoch", "loss", "test_errors", "seconds") if k in h}
@@ -70,14 +56,13 @@ def member_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def member_tasks(source: str, cfg: TrainConfig, members: int, out: str | Path, *, val_size: int = 0,
-                 limit: int = 0, progress: bool = False, first_seed: int | None = None) -> list[dict[str, Any]]:
+                 limit: int = 0, progress: bool = False, first_seed: int | None = None) -> list[MemberTask]:
     """One task per member: seeds ``first_seed`` (default ``cfg.seed``) onwards, into ``OUT/member{i}``."""
     if members < 1:
         raise DKError(f"members must be >= 1, got {members}")
     base = cfg.seed if first_seed is None else first_seed
-    return [{"data": source, "val_size": val_size, "limit": limit, "name": f"member{i}", "progress": progress,
-             "config": dataclasses.asdict(replace(cfg, seed=base + i)), "out": str(Path(out) / f"member{i}")}
-            for i in range(members)]
+    return [MemberTask(source, replace(cfg, seed=base + i), str(Path(out) / f"member{i}"), f"member{i}",
+                       val_size, limit, progress) for i in range(members)]
 
 
 def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, *, executor: str = "local",
@@ -88,8 +73,8 @@ def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, 
     out = Path(out)
     tasks = member_tasks(source, cfg, members, out, val_size=val_size, limit=limit,
                          progress=progress and executor == "local" and workers == 1)
-    status: list[dict[str, Any]] = [{"name": t["name"], "out": t["out"], "seed": t["config"]["seed"],
-                                     "status": "pending"} for t in tasks]
+    status: list[dict[str, Any]] = [{"name": t.name, "out": t.out, "seed": t.config.seed, "status": "pending"}
+                                    for t in tasks]
 
     def on_outcome(i: int, o: Outcome) -> None:
         status[i] = {**status[i], "status": "done" if o.ok else "failed", "seconds": round(o.seconds, 2),
@@ -97,10 +82,9 @@ def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, 
                         else {"error": o.error})}
         atomic_write_json(out / "ensemble.json", {"arch": cfg.arch, "data": source, "executor": executor,
                                                   "members": status})
-        log(f"{tasks[i]['name']}: " + (f"{o.value['test_errors']} test errors ({100 * o.value['accuracy']:.2f}%)"
+        log(f"{tasks[i].name}: " + (f"{o.value['test_errors']} test errors ({100 * o.value['accuracy']:.2f}%)"
                                        if o.ok else f"failed: {o.error}") + f" in {o.seconds:.0f} s")
 
-    out.mkdir(parents=True, exist_ok=True)
     return run_tasks(member_task, tasks, executor=executor, workers=workers, address=address,
                      cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, progress=progress, desc="members",
                      on_outcome=on_outcome)

@@ -8,7 +8,17 @@ import torch
 from torch import nn
 
 from darkknowledge.errors import DKError
-from darkknowledge.teachers import predict_logits
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    """Eval-mode logits ``[N, C]`` in batches on ``x``'s device; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
 
 
 def bias_vector(offsets: Mapping[int, float], num_classes: int, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -1,21 +1,26 @@
-"""Independent training tasks (ensemble members, specialists) through one interface: ``local`` or ``ray``.
+"""The one way to run independent tasks (ensemble members, specialists, reproduction stages): serially in
+this process, in a pool of spawned processes, or as Ray tasks, through one submit/wait interface.
 
-``run_tasks(fn, tasks, executor=...)`` calls ``fn(task)`` for every task and returns one ``Outcome``
-per task, in order; ``on_outcome`` hears of each the moment it is known, so results are written as
-they come. A task's failure is its outcome, never the end of the others.
+``open_executor(...)`` gives an ``Executor``: ``submit(fn, arg) -> handle``, ``wait(timeout) -> [(handle,
+Outcome)]`` for the tasks that finished, ``close()``. Every task's failure is its ``Outcome`` (described by
+``describe_error``, the one error description), never the end of the others. ``run_tasks`` runs a list of
+tasks to completion on any executor; ``experiments.runner`` schedules dependent stages on the same executors.
 
-- ``local``: in this process (``workers=1``) or in a pool of spawned processes.
-- ``ray``: each task is a Ray task with its CPU/GPU request on a local Ray instance or a cluster
-  (``address``). A task whose worker dies (killed, out of memory, node lost) is retried by Ray up to
-  ``max_retries`` times; task functions checkpoint every epoch and resume from their last checkpoint,
-  so a retry continues the member instead of training it again from scratch.
+- ``local`` with ``workers=1``: in this process, one task at a time, each with all threads (a Ctrl-C stops it).
+- ``local`` with ``workers > 1``: a pool of that many spawned processes, the cores shared out among them.
+- ``ray``: each task a Ray task with its CPU/GPU request, on a local Ray instance or a cluster (``address``);
+  a task whose worker dies (killed, out of memory, node lost) is retried by Ray up to ``max_retries`` times.
+  Task functions checkpoint every epoch and resume from their last checkpoint, so a retry continues the
+  member instead of training it again from scratch. An unreachable ``address`` is a DKError within seconds.
 
-``fn`` must be a top-level function (it is pickled to the workers) taking and returning plain data.
+``fn`` must be a top-level function (it is pickled to the workers) taking and returning plain data or
+frozen dataclasses.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from tqdm.auto import tqdm
 from darkknowledge.errors import DKError
 
 EXECUTORS = ("local", "ray")
+RAY_CONNECT_SECONDS = 5.0  # how long to wait for a Ray cluster's address to answer before calling it unreachable
 
 
 @dataclass(frozen=True)
@@ -38,84 +44,122 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _describe(e: BaseException) -> str:
-    if isinstance(e, DKError):
-        return str(e)
+def describe_error(e: BaseException) -> str:
+    """One line for a failed task: a DKError's own message, else the exception type, message and where."""
     cause = getattr(e, "cause", None)  # Ray wraps the task's own exception
     if isinstance(cause, BaseException):
-        return _describe(cause)
+        return describe_error(cause)
+    if isinstance(e, DKError):
+        return str(e)
+    text = str(e).strip()
     frames = traceback.extract_tb(e.__traceback__) if e.__traceback__ else []
     where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}{where}"
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}{where}"
 
 
-def run_tasks(fn: Callable[[dict[str, Any]], Any], tasks: list[dict[str, Any]], *, executor: str = "local",
-              workers: int = 1, address: str | None = None, cpus_per_task: float = 1.0, gpus_per_task: float = 0.0,
-              max_retries: int = 3, progress: bool = True, desc: str = "tasks",
-              on_outcome: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
-    """Run ``fn(task)`` for every task on ``executor``; see the module docstring.
+class Executor:
+    """Submit tasks, then wait for the finished ones: the interface of every executor."""
 
-    Args:
-        workers: ``local`` only: processes at once (1: in this process, each task with all threads).
-        address: ``ray`` only: an existing cluster's address (``auto``, ``ray://host:port``); none: start a
-            local instance with this machine's cores.
-        cpus_per_task, gpus_per_task: ``ray`` only: each task's resource request (and its torch threads).
-        max_retries: ``ray`` only: retries of a task whose worker died.
-    """
-    if executor not in EXECUTORS:
-        raise DKError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
-    if workers < 1:
-        raise DKError(f"workers must be >= 1, got {workers}")
-    outcomes: list[Outcome | None] = [None] * len(tasks)
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, unit="task", leave=False)
+    def submit(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        raise NotImplementedError
 
-    def record(i: int, outcome: Outcome) -> None:
-        outcomes[i] = outcome
-        bar.update(1)
-        if on_outcome is not None:
-            on_outcome(i, outcome)
+    def wait(self, timeout: float = 1.0) -> list[tuple[Any, Outcome]]:
+        """Some finished tasks' ``(handle, outcome)`` (none if nothing finished within ``timeout``)."""
+        raise NotImplementedError
 
-    try:
-        if executor == "ray":
-            _run_ray(fn, tasks, address, cpus_per_task, gpus_per_task, max_retries, record)
-        elif workers == 1:
-            for i, task in enumerate(tasks):
-                t0 = time.perf_counter()
-                try:
-                    value = fn(task)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as e:
-                    record(i, Outcome(False, error=_describe(e), seconds=time.perf_counter() - t0))
-                else:
-                    record(i, Outcome(True, value, seconds=time.perf_counter() - t0))
-        else:
-            _run_pool(fn, tasks, workers, record)
-    finally:
-        bar.close()
-    return [o if o is not None else Outcome(False, error="not run") for o in outcomes]
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _with_threads(fn: Callable, task: dict[str, Any], threads: int) -> Any:
+class SerialExecutor(Executor):
+    """In this process, in submission order: ``wait`` runs the next task to completion."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[int, Callable, Any]] = []
+        self.count = 0
+
+    def submit(self, fn, arg):
+        self.count += 1
+        self.queue.append((self.count, fn, arg))
+        return self.count
+
+    def wait(self, timeout: float = 1.0):
+        if not self.queue:
+            return []
+        handle, fn, arg = self.queue.pop(0)
+        t0 = time.perf_counter()
+        try:
+            value = fn(arg)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # a task's failure is data; the others still run
+            return [(handle, Outcome(False, error=describe_error(e), seconds=time.perf_counter() - t0))]
+        return [(handle, Outcome(True, value, seconds=time.perf_counter() - t0))]
+
+
+def _with_threads(fn: Callable, arg: Any, threads: int) -> Any:
     import torch
 
     torch.set_num_threads(max(1, threads))
-    return fn(task)
+    return fn(arg)
 
 
-def _run_pool(fn, tasks, workers, record) -> None:
-    import concurrent.futures as cf
-    import multiprocessing as mp
+class ProcessExecutor(Executor):
+    """A pool of ``workers`` spawned processes, each with its share of the cores as torch threads."""
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        started = {pool.submit(_with_threads, fn, t, threads): (i, time.perf_counter()) for i, t in enumerate(tasks)}
-        for fut in cf.as_completed(started):
-            i, t0 = started[fut]
+    def __init__(self, workers: int) -> None:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        self.started: dict[Any, float] = {}
+
+    def submit(self, fn, arg):
+        future = self.pool.submit(_with_threads, fn, arg, self.threads)
+        self.started[future] = time.perf_counter()
+        return future
+
+    def wait(self, timeout: float = 1.0):
+        import concurrent.futures as cf
+
+        if not self.started:
+            return []
+        finished, _ = cf.wait(list(self.started), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        out = []
+        for future in finished:
+            seconds = time.perf_counter() - self.started.pop(future)
             try:
-                record(i, Outcome(True, fut.result(), seconds=time.perf_counter() - t0))
+                out.append((future, Outcome(True, future.result(), seconds=seconds)))
             except Exception as e:
-                record(i, Outcome(False, error=_describe(e), seconds=time.perf_counter() - t0))
+                out.append((future, Outcome(False, error=describe_error(e), seconds=seconds)))
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def check_reachable(address: str, timeout: float = RAY_CONNECT_SECONDS) -> None:
+    """A Ray cluster address (``host:port`` or ``ray://host:port``) must answer a TCP connection within
+    ``timeout`` seconds; otherwise a DKError (``ray.init`` itself retries an unreachable address for minutes)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DKError(f"Ray address {address!r} is not host:port, ray://host:port, auto or local")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise DKError(f"cannot reach Ray at {address}: {reason.lower()} (is the cluster running? start one with "
+                      "`ray start --head`, or leave out --address for a local instance)") from None
 
 
 def ray_init(address: str | None = None):
@@ -127,6 +171,7 @@ def ray_init(address: str | None = None):
     if not ray.is_initialized():
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if address:
+            check_reachable(address)
             kwargs["address"] = address
         else:
             kwargs["num_cpus"] = os.cpu_count() or 1
@@ -137,18 +182,75 @@ def ray_init(address: str | None = None):
     return ray
 
 
-def _run_ray(fn, tasks, address, cpus, gpus, max_retries, record) -> None:
-    ray = ray_init(address)
-    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries)(_with_threads)
-    threads = max(1, int(cpus))
-    t0 = time.perf_counter()
-    refs = {remote.remote(fn, task, threads): i for i, task in enumerate(tasks)}
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+class RayExecutor(Executor):
+    """Ray tasks, each asking for ``cpus`` CPUs (and as many torch threads) and ``gpus`` GPUs; ``cpus`` None:
+    the cluster's CPUs shared out among ``workers`` tasks at once."""
+
+    def __init__(self, address: str | None, cpus: float | None, gpus: float, max_retries: int,
+                 workers: int = 1) -> None:
+        self.ray = ray_init(address)
+        if cpus is None:
+            cpus = max(1.0, self.ray.cluster_resources().get("CPU", workers) / workers)
+        self.remote = self.ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries)(_with_threads)
+        self.threads = max(1, int(cpus))
+        self.started: dict[Any, float] = {}
+
+    def submit(self, fn, arg):
+        ref = self.remote.remote(fn, arg, self.threads)
+        self.started[ref] = time.perf_counter()
+        return ref
+
+    def wait(self, timeout: float = 1.0):
+        if not self.started:
+            return []
+        ready, _ = self.ray.wait(list(self.started), num_returns=1, timeout=timeout)
+        out = []
         for ref in ready:
-            i = refs[ref]
+            seconds = time.perf_counter() - self.started.pop(ref)
             try:
-                record(i, Outcome(True, ray.get(ref), seconds=time.perf_counter() - t0))
+                out.append((ref, Outcome(True, self.ray.get(ref), seconds=seconds)))
             except Exception as e:  # the task raised, or its worker died more than max_retries times
-                record(i, Outcome(False, error=_describe(e), seconds=time.perf_counter() - t0))
+                out.append((ref, Outcome(False, error=describe_error(e), seconds=seconds)))
+        return out
+
+
+def open_executor(executor: str = "local", workers: int = 1, *, address: str | None = None,
+                  cpus_per_task: float | None = 1.0, gpus_per_task: float = 0.0, max_retries: int = 3) -> Executor:
+    """The executor named (see the module docstring); bad names and counts, and an unreachable Ray
+    ``address``, are DKErrors raised here, before any task runs."""
+    if executor not in EXECUTORS:
+        raise DKError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise DKError(f"workers must be >= 1, got {workers}")
+    if executor == "ray":
+        return RayExecutor(address, cpus_per_task, gpus_per_task, max_retries, workers)
+    return SerialExecutor() if workers == 1 else ProcessExecutor(workers)
+
+
+def run_tasks(fn: Callable[[Any], Any], tasks: list[Any], *, executor: str = "local", workers: int = 1,
+              address: str | None = None, cpus_per_task: float = 1.0, gpus_per_task: float = 0.0,
+              max_retries: int = 3, progress: bool = True, desc: str = "tasks",
+              on_outcome: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+    """Run ``fn(task)`` for every task on ``executor`` (``open_executor``); one ``Outcome`` per task, in
+    order; ``on_outcome(i, outcome)`` hears of each the moment it is known, so results are written as they come.
+
+    Args:
+        workers: ``local`` only: processes at once (1: in this process, each task with all threads).
+        address: ``ray`` only: an existing cluster's address (``auto``, ``host:port``, ``ray://host:port``);
+            none: start a local instance with this machine's cores.
+        cpus_per_task, gpus_per_task: ``ray`` only: each task's resource request (and its torch threads).
+        max_retries: ``ray`` only: retries of a task whose worker died.
+    """
+    outcomes: list[Outcome | None] = [None] * len(tasks)
+    with open_executor(executor, workers, address=address, cpus_per_task=cpus_per_task,
+                       gpus_per_task=gpus_per_task, max_retries=max_retries) as ex:
+        index = {ex.submit(fn, task): i for i, task in enumerate(tasks)}
+        with tqdm(total=len(tasks), desc=desc, disable=not progress, unit="task", leave=False) as bar:
+            while index:
+                for handle, outcome in ex.wait():
+                    i = index.pop(handle)
+                    outcomes[i] = outcome
+                    bar.update(1)
+                    if on_outcome is not None:
+                        on_outcome(i, outcome)
+    return [o if o is not None else Outcome(False, error="not run") for o in outcomes]

@@ -22,14 +22,19 @@ every ``MLP``; other models take the autograd path.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from darkknowledge.models import MLP
 
-LossAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class LossAndGrad(Protocol):
+    """What the fused step needs of an objective: the loss and its closed-form gradient in the logits."""
+
+    def loss_and_grad(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class DropoutMask:
@@ -75,7 +80,8 @@ def _random_words(n_bytes: int, generator: torch.Generator, device: torch.device
 
 
 class FusedMLPStep:
-    """One SGD step of an ``MLP``: ``step(x, loss_and_grad, generator) -> loss``.
+    """One SGD step of an ``MLP``: ``step(x, objective, rows, generator) -> loss`` (``training.AutogradStep``'s
+    interface: ``fit`` drives either the same way).
 
     Args:
         model: the MLP; its fp32 parameters are the master weights, updated in place.
@@ -119,8 +125,10 @@ class FusedMLPStep:
         return src[2 * i], src[2 * i + 1]
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, loss_and_grad: LossAndGrad, generator: torch.Generator) -> torch.Tensor:
-        """Forward, backward and update on the batch ``x [B, ...]``; returns the (fp32, 0-dim) loss."""
+    def __call__(self, x: torch.Tensor, objective: LossAndGrad, rows: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+        """Forward, backward and update on the batch ``x [B, ...]`` against the objective's ``rows``; returns
+        the (fp32, 0-dim) loss."""
         dt, device, n_layers = self.dtype, x.device, len(self.linears)
         h = x.reshape(len(x), -1)
         h = (h.float() - self.shift).to(dt) if self.shift else h.to(dt)
@@ -135,7 +143,7 @@ class FusedMLPStep:
             a = torch.addmm(b, h, w.t())
             if i < n_layers - 1:
                 h = a.relu_()
-        loss, d = loss_and_grad(a.float())
+        loss, d = objective.loss_and_grad(a.float(), rows)
         d = d.to(dt)
         for i in reversed(range(n_layers)):
             gw, gb = self.linears[i].weight.grad, self.linears[i].bias.grad

@@ -20,9 +20,11 @@ process pool, Ray) runs them, each resuming from its epoch checkpoint when retri
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,11 +34,14 @@ from torch import nn
 
 from darkknowledge.checkpoint import atomic_write_json, load_checkpoint
 from darkknowledge.combine import active_specialists, combine, membership
-from darkknowledge.config import DistillConfig, TrainConfig
-from darkknowledge.data import background_value, bank_codes
+from darkknowledge.config import ClusterConfig, DistillConfig, SpecialistConfig, TrainConfig
+from darkknowledge.data import load_split, pad_for_jitter
+from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
-from darkknowledge.teachers import Teacher, predict_logits
-from darkknowledge.training import HardLabels, SoftTargets, fit, resolve_device
+from darkknowledge.evaluation import predict_logits
+from darkknowledge.teachers import OutputCache, Teacher, bank_logits_of, check_model_fits, model_digest, output_size
+from darkknowledge.training import HardLabels, SoftTargets, fit
+from darkknowledge.views import ViewBank
 
 __all__ = ["combine", "active_specialists", "prediction_covariance", "cluster_classes", "coverage",
            "specialist_model", "HalfAndHalf", "specialist_task", "specialist_probs", "active_probs", "evaluate",
@@ -50,7 +55,8 @@ def prediction_covariance(probs: torch.Tensor) -> np.ndarray:
     return np.cov(probs.double().cpu().numpy(), rowvar=False)
 
 
-def _correlation(cov: np.ndarray) -> np.ndarray:
+def correlation(cov: np.ndarray) -> np.ndarray:
+    """The correlation matrix of a covariance matrix (variances floored at 1e-30)."""
     sd = np.sqrt(np.clip(np.diag(cov), 1e-30, None))
     return cov / sd[:, None] / sd[None, :]
 
@@ -78,7 +84,7 @@ def cluster_classes(cov: np.ndarray, specialists: int, max_size: int, *, min_siz
         raise DKError(f"cluster sizes must satisfy 2 <= min_size ({min_size}) <= max_size ({max_size}) < {c} classes")
     if specialists < 1:
         raise DKError(f"specialists must be >= 1, got {specialists}")
-    corr = _correlation(cov)
+    corr = correlation(cov)
     base = max(2, math.ceil(c / max_size))
     counts = list(cluster_counts) if cluster_counts else [base, round(base * 1.5), base * 2]
     candidates: dict[tuple[int, ...], float] = {}
@@ -165,6 +171,75 @@ def load_clusters(path: str | Path) -> tuple[list[list[int]], dict[str, Any]]:
     return subsets, doc
 
 
+@dataclass(frozen=True)
+class Clusters:
+    """Specialist subsets chosen from a generalist's confusions, with what they were chosen from."""
+
+    subsets: list[list[int]]
+    covariance: np.ndarray  # [C, C] of the generalist's predicted probabilities on the validation split
+    num_classes: int
+
+    def coverage_counts(self) -> list[int]:
+        """How many classes 0, 1, 2, ... subsets cover."""
+        return np.bincount(coverage(self.subsets, self.num_classes)).tolist()
+
+
+def cluster_from_generalist(generalist: nn.Module, x_val: torch.Tensor, cfg: ClusterConfig) -> Clusters:
+    """Section 5.3 end to end: the generalist's predicted probabilities on validation inputs ``x_val``, their
+    covariance, and ``cfg.specialists`` overlapping subsets of confusable classes (``cluster_classes``)."""
+    probs = torch.softmax(predict_logits(generalist, x_val), -1).cpu()
+    cov = prediction_covariance(probs)
+    subsets = cluster_classes(cov, cfg.specialists, cfg.max_classes, min_size=cfg.min_classes, seed=cfg.cluster_seed)
+    return Clusters(subsets, cov, probs.shape[1])
+
+
+def superclass_agreement(clusters: Clusters, coarse_of_class: Sequence[int], seed: int = 0) -> dict[str, Any]:
+    """How well clusters of the generalist's confusions match known superclasses (CIFAR-100's 20): the adjusted
+    Rand index of a MiniBatchKMeans partition of the correlation rows into as many clusters as superclasses
+    (0: chance, 1: identical), and the share of class pairs within a subset that share a superclass, vs chance."""
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    coarse = np.array(coarse_of_class)
+    c, k = len(coarse), len(set(coarse.tolist()))
+    labels = MiniBatchKMeans(k, random_state=seed, n_init=10, batch_size=256).fit_predict(
+        correlation(clusters.covariance))
+    same = [coarse[a] == coarse[b] for s in clusters.subsets for i, a in enumerate(s) for b in s[i + 1:]]
+    chance = sum((coarse == g).sum() * ((coarse == g).sum() - 1) for g in range(k)) / (c * (c - 1))
+    return {"ari_superclasses": float(adjusted_rand_score(coarse, labels)), "partition_clusters": k,
+            "same_superclass_pairs": float(np.mean(same)), "same_superclass_chance": float(chance)}
+
+
+def plot_clusters(clusters: Clusters, path: Path) -> Path:
+    """The covariance matrix (as correlations) with classes reordered so that each subset is contiguous."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from darkknowledge.experiments.report import save_figure
+
+    order: list[int] = []
+    for s in clusters.subsets:
+        order += [k for k in s if k not in order]
+    order += [k for k in range(clusters.num_classes) if k not in order]
+    corr = correlation(clusters.covariance)[np.ix_(order, order)]
+    fig, ax = plt.subplots(figsize=(7.5, 7))
+    im = ax.imshow(corr, cmap="RdBu_r", vmin=-0.3, vmax=0.3)
+    start = 0
+    seen: set[int] = set()
+    for s in clusters.subsets:
+        new = [k for k in s if k not in seen]
+        seen.update(s)
+        if new:
+            ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(new), len(new), fill=False, lw=1, ec="k"))
+            start += len(new)
+    ax.set(title="Generalist's prediction correlations on the validation split,\n"
+                 "classes reordered by specialist subset (boxes)", xlabel="class", ylabel="class")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
 # ---- specialist models and their training (section 5.2) ----------------------------------------------------
 
 def _head_name(model: nn.Module) -> str:
@@ -245,27 +320,41 @@ def dustbin_offset(y: torch.Tensor, subset: Sequence[int]) -> float:
     return math.log((len(y) - special) / special)
 
 
-def specialist_task(task: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume) one specialist; top-level, so any executor can run it.
+@dataclass(frozen=True)
+class SpecialistTask:
+    """One specialist to train (or resume): what ``specialist_task`` reads; any executor can carry it."""
 
-    ``task``: ``data``, ``val_size``, ``limit`` (``ensembles.load_split``), ``generalist`` (checkpoint),
-    ``subset`` (class indices), ``name``, ``out`` (checkpoint directory), ``config`` (a ``TrainConfig`` dict),
-    ``soft_weight`` (0: hard labels only; > 0: + that weight times the generalist's soft targets at
-    ``temperature`` on a bank of ``views`` augmented views), ``progress``.
+    data: str  # a ``data.load_data`` source, split as the generalist's was (``val_size``, ``limit``)
+    generalist: str  # its checkpoint directory
+    subset: tuple[int, ...]  # the special classes
+    name: str
+    out: str  # the specialist's checkpoint directory
+    config: TrainConfig
+    specialist: SpecialistConfig = SpecialistConfig()
+    val_size: int = 0
+    limit: int = 0
+    cache_dir: str | None = None  # for the generalist's soft targets (``specialist.soft_weight`` > 0)
+    progress: bool = False
+
+
+def specialist_task(task: SpecialistTask) -> dict[str, Any]:
+    """Train (or resume) one specialist into ``task.out``; top-level, so any executor can run it.
+
+    Hard labels over the subset + a dustbin on half-special batches; with ``task.specialist.soft_weight`` > 0,
+    plus that weight times the generalist's soft targets at its temperature on a bank of augmented views.
     """
-    from darkknowledge.ensembles import load_split
     from darkknowledge.models import build_model
 
-    out = Path(task["out"])
+    out = Path(task.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "worker.json", {"pid": os.getpid(), "host": socket.gethostname()})
-    cfg = TrainConfig(**task["config"])
+    cfg, spec = task.config, task.specialist
     device = resolve_device(cfg.device)
-    data, _ = load_split(task["data"], task.get("val_size", 0), task.get("limit", 0))
-    subset = [int(k) for k in task["subset"]]
-    generalist, gmeta, _ = load_checkpoint(task["generalist"], device=device)
+    data, _ = load_split(task.data, task.val_size, task.limit)
+    subset = [int(k) for k in task.subset]
+    generalist, gmeta, _ = load_checkpoint(task.generalist, device=device)
     if gmeta["num_classes"] != data.num_classes:
-        raise DKError(f"generalist {task['generalist']} predicts {gmeta['num_classes']} classes, "
+        raise DKError(f"generalist {task.generalist} predicts {gmeta['num_classes']} classes, "
                       f"the data has {data.num_classes}")
     if cfg.arch != gmeta["arch"]:
         raise DKError(f"a specialist has its generalist's architecture ({gmeta['arch']}), not {cfg.arch}")
@@ -276,14 +365,14 @@ def specialist_task(task: dict[str, Any]) -> dict[str, Any]:
     is_special = labels < len(subset)
     sampler = HalfAndHalf(torch.nonzero(is_special).squeeze(1), torch.nonzero(~is_special).squeeze(1),
                           cfg.batch_size)
-    soft_weight = float(task.get("soft_weight", 0.0))
-    teacher = Teacher([generalist], archs=[gmeta["arch"]], cache_dir=task.get("cache_dir"))
-    meta = {"role": "specialist", "subset": subset, "data": data.name, "generalist": str(task["generalist"]),
+    soft_weight = spec.soft_weight
+    teacher = Teacher([generalist], archs=[gmeta["arch"]], cache_dir=task.cache_dir)
+    meta = {"role": "specialist", "subset": subset, "data": data.name, "generalist": str(task.generalist),
             "generalist_fingerprint": teacher.fingerprint(), "soft_weight": soft_weight}
     if soft_weight > 0:  # section 6.1: the generalist's soft targets, on the very views the specialist sees
-        views, temperature = int(task.get("views", 4)), float(task.get("temperature", 2.0))
-        codes = bank_codes(len(x), views, cfg.jitter, cfg.flip)
-        logits = teacher.bank_logits(x, codes, cfg.jitter, cfg.flip, background_value(x))[0]  # [V, N, C]
+        views, temperature = spec.views, spec.temperature
+        bank = ViewBank.for_student(x, cfg.jitter, cfg.flip, views)
+        logits = teacher.bank_logits(x, bank)[0]  # [V, N, C]
         # The generalist learnt the data's class frequencies; the specialist is shown its classes half the
         # time. Its soft targets get the same prior shift as its batches (log(0.5 / f) on the special
         # logits, log(0.5 / (1 - f)) on the others), so the dustbin offset after training undoes both.
@@ -293,19 +382,19 @@ def specialist_task(task: dict[str, Any]) -> dict[str, Any]:
         targets = aggregate(torch.softmax((logits.flatten(0, 1) + shift) / temperature, -1), subset)
         objective = SoftTargets(targets, labels.repeat(views),
                                 DistillConfig(temperature=temperature, soft_weight=soft_weight, hard_weight=1.0),
-                                bank_codes=codes)
+                                bank)
         meta.update(views=views, temperature=temperature)
     else:
         objective = HardLabels(labels)
     offset = dustbin_offset(y, subset)
     meta["dustbin_offset"] = offset
-    history = fit(model, x, objective, cfg, checkpoint=out, meta=meta, resume=True, desc=task["name"],
-                  progress=task.get("progress", False), sampler=sampler)
+    history = fit(model, x, objective, cfg, checkpoint=out, meta=meta, resume=True, desc=task.name,
+                  progress=task.progress, sampler=sampler)
     test_labels = special_labels(data.y_test.to(device), subset, data.num_classes)
     with torch.no_grad():
         probs = specialist_probs(model, data.x_test.to(device), offset)
     pred, special_test = probs.argmax(1), test_labels < len(subset)
-    return {"name": task["name"], "out": str(out), "subset": subset, "dustbin_offset": offset,
+    return {"name": task.name, "out": str(out), "subset": subset, "dustbin_offset": offset,
             "special_train_examples": int(is_special.sum()), "epochs": len(history),
             "seconds": round(sum(h["seconds"] for h in history), 2),
             # On the test examples of its special classes: right class among its own (dustbin corrected).
@@ -376,3 +465,77 @@ def evaluate(generalist_probs: torch.Tensor, combined: torch.Tensor, y: torch.Te
                      "relative_gain_percent": 100 * (q - g) / g if g else None})
     return {"test_size": len(y), "generalist_accuracy": float(right_g.float().mean()),
             "combined_accuracy": float(right_c.float().mean()), "covered_by": rows}
+
+
+class CombinedTeacher:
+    """A generalist with its specialists, combined per example by minimising the sum of KL divergences (section
+    5.4, ``combine``): a teacher like any other (``teachers.TeacherLike``), so distilling the combination back into
+    one net is an ordinary ``workflows.distill``.
+
+    Its soft targets at temperature T are ``softmax(log q / T)`` of the combined distribution q; q on a
+    transfer set (or on every view of a bank) is computed once and cached like an ensemble's logits.
+
+    Args:
+        generalist, generalist_arch: the generalist and its architecture name (part of the fingerprint).
+        specialists: ``(model, subset, dustbin offset)`` of each specialist (``load_specialist``).
+        top_n: a specialist is active where its classes meet the generalist's top n.
+        cache_dir: where the combined distributions are also cached on disk.
+    """
+
+    combine = "kl"
+
+    def __init__(self, generalist: nn.Module, specialists: Sequence[tuple[nn.Module, list[int], float]],
+                 top_n: int = 1, generalist_arch: str = "", cache_dir: str | Path | None = None) -> None:
+        self.generalist, self.generalist_arch = generalist, generalist_arch
+        self.specialists, self.top_n = list(specialists), top_n
+        self.cache = OutputCache(cache_dir)
+
+    @classmethod
+    def from_checkpoints(cls, generalist: str | Path, specialists: Sequence[str | Path], top_n: int = 1,
+                         device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> "CombinedTeacher":
+        model, meta, _ = load_checkpoint(generalist, device=device)
+        return cls(model, [load_specialist(p, device=device) for p in specialists], top_n, meta["arch"], cache_dir)
+
+    @property
+    def num_classes(self) -> int:
+        return output_size(self.generalist)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(model_digest(self.generalist, self.generalist_arch).encode())
+        for model, subset, offset in self.specialists:
+            h.update(f"{model_digest(model)}|{subset}|{offset!r}".encode())
+        h.update(f"top_n={self.top_n}".encode())
+        return h.hexdigest()
+
+    def _key(self, x: torch.Tensor, view: str) -> str:
+        from darkknowledge.teachers import tensor_digest
+
+        return hashlib.sha256(f"{self.fingerprint()}|{tensor_digest(x)}|{view}".encode()).hexdigest()
+
+    def _combined(self, generalist_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return combined_probs(generalist_probs, self.specialists, x, self.top_n)[0].float()
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` the combined distribution q on ``x`` (T = 1), cached."""
+        return self.cache.get(self._key(x, "plain"), lambda: self._combined(
+            torch.softmax(predict_logits(self.generalist, x), -1), x), x.device)
+
+    def bank_probs(self, x: torch.Tensor, bank: ViewBank) -> torch.Tensor:
+        """``[V * N, C]`` q on every view of ``bank`` (row ``v * N + n``), cached under the bank's key."""
+        def compute() -> torch.Tensor:
+            glogits = bank_logits_of(self.generalist, x, bank)  # [V, N, C]
+            padded = pad_for_jitter(x, bank.max_shift, bank.fill)
+            idx = torch.arange(len(x), device=x.device)
+            return torch.cat([self._combined(torch.softmax(glogits[v], -1), bank.images(padded, v, idx))
+                              for v in range(bank.views)])
+
+        return self.cache.get(self._key(x, bank.key()), compute, x.device)
+
+    def soft_targets(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
+        return torch.softmax(self.probs(x).clamp_min(1e-30).log() / temperature, -1)
+
+    def bank_targets(self, x: torch.Tensor, bank: ViewBank, temperature: float) -> torch.Tensor:
+        return torch.softmax(self.bank_probs(x, bank).clamp_min(1e-30).log() / temperature, -1)
+
+    def check_fits(self, data) -> None:
+        check_model_fits(self.generalist, self.num_classes, data, "the generalist")

@@ -1,14 +1,16 @@
-"""Teachers: one cumbersome model or an ensemble, and their cached soft targets (paper section 2).
+"""Teachers: anything that maps transfer inputs to soft targets (paper section 2); students never know which.
 
-A teacher's member logits on a transfer set are computed once and cached under a key made of the
-SHA-256 of every member's architecture and weights, the SHA-256 of the transfer-set tensor, and an
-augmentation "view" name. Soft targets at any temperature and combination rule are derived from the
-cached logits on demand, so a changed teacher, temperature or data can never be served stale targets.
+A teacher is one cumbersome model or an ensemble (``Teacher``), or a generalist with its specialists
+(``specialists.CombinedTeacher``, section 5). Every teacher offers the same four things (``TeacherLike``):
+``num_classes``, ``fingerprint()``, ``soft_targets(x, T)`` ``[N, C]`` and ``bank_targets(x, bank, T)``
+``[V * N, C]`` (its targets on every view of a ``views.ViewBank``), and ``check_fits(data)``.
 
-Under augmentation (``view_bank``), each transfer image has V views (random crops and mirrors, view codes
-of ``data.apply_views``); the members' logits on every view are computed once, cached under a key that
-also holds the SHA-256 of the view codes, and served with the codes, so ``fit`` shows a student the very
-view its target was computed on. Every student, temperature and ensemble mean reuses the bank.
+What a teacher computes on a transfer set is computed once and cached (``OutputCache``) under a key made of
+the teacher's fingerprint (the SHA-256 of every model's architecture and weights, and of whatever else
+shapes its outputs), the SHA-256 of the transfer-set tensor, and a view name (``plain``, or a bank's
+``ViewBank.key()``, which holds the SHA-256 of its codes). Soft targets at any temperature and combination
+rule are derived from the cached outputs on demand, so a changed teacher, temperature, view or data can
+never be served stale targets.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
 from darkknowledge.checkpoint import atomic_write_bytes, load_checkpoint
-from darkknowledge.data import apply_views, pad_for_jitter
+from darkknowledge.data import pad_for_jitter
 from darkknowledge.errors import DKError
+from darkknowledge.evaluation import predict_logits
 from darkknowledge.losses import COMBINE_METHODS, ensemble_probs
+
+if TYPE_CHECKING:
+    from darkknowledge.data import Dataset
+    from darkknowledge.views import ViewBank
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -47,15 +54,92 @@ def model_digest(model: nn.Module, arch: str = "") -> str:
     return h.hexdigest()
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
-    """Eval-mode logits ``[N, C]`` in batches on ``x``'s device; the model's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
+class TeacherLike(Protocol):
+    """What ``workflows.distill`` needs of a teacher."""
+
+    combine: str  # how it combines its models' outputs: an ensemble mean, or the specialists' KL combination
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def fingerprint(self) -> str: ...
+
+    def soft_targets(self, x: torch.Tensor, temperature: float) -> torch.Tensor: ...
+
+    def bank_targets(self, x: torch.Tensor, bank: "ViewBank", temperature: float) -> torch.Tensor: ...
+
+    def check_fits(self, data: "Dataset") -> None: ...
+
+
+class OutputCache:
+    """A teacher's outputs by key, in memory and (with ``cache_dir``) on disk as safetensors files; counts
+    hits, misses and the seconds spent computing on misses."""
+
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._memory: dict[str, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+        self.compute_seconds = 0.0
+
+    def get(self, key: str, compute: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """The tensor cached under ``key`` (on ``device``), else ``compute()``'s, checked finite and stored."""
+        if key in self._memory:
+            self.hits += 1
+            return self._memory[key].to(device)
+        path = self.cache_dir / f"{key}.safetensors" if self.cache_dir is not None else None
+        value = None
+        if path is not None and path.is_file():
+            try:
+                value = load_file(path)["logits"]
+                self.hits += 1
+            except Exception:  # a damaged cache entry is recomputed, never trusted
+                value = None
+        if value is None:
+            self.misses += 1
+            t0 = time.perf_counter()
+            value = compute()
+            self.compute_seconds += time.perf_counter() - t0
+            if not torch.isfinite(value).all():
+                bad = int((~torch.isfinite(value)).reshape(-1, value.shape[-1]).any(-1).sum())
+                raise DKError(f"teacher produced NaN or inf outputs on {bad} transfer examples or views; "
+                              "check its checkpoint and the input data")
+            if path is not None:
+                atomic_write_bytes(path, save({"logits": value.cpu().contiguous()}))
+        self._memory[key] = value.cpu()
+        return value.to(device)
+
+
+def bank_logits_of(model: nn.Module, x: torch.Tensor, bank: "ViewBank", batch_size: int = 1024) -> torch.Tensor:
+    """``[V, N, C]`` eval-mode logits of ``model`` on view ``bank.codes[v, n]`` of each image ``x[n]``."""
+    padded = pad_for_jitter(x, bank.max_shift, bank.fill)
+    out = []
+    for v in range(bank.views):
+        rows = []
+        for i in range(0, len(x), batch_size):
+            idx = torch.arange(i, min(i + batch_size, len(x)), device=x.device)
+            rows.append(predict_logits(model, bank.images(padded, v, idx)))
+        out.append(torch.cat(rows))
+    return torch.stack(out)
+
+
+def check_model_fits(model: nn.Module, num_classes: int, data: "Dataset", what: str = "teacher") -> None:
+    """``model`` must take the data's inputs and predict over the data's classes."""
+    if num_classes != data.num_classes:
+        raise DKError(f"{what} predicts {num_classes} classes but the data has {data.num_classes}")
     try:
-        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
+        with torch.no_grad():
+            model.eval()(data.x_test[:1].to(next(model.parameters()).device))
+    except RuntimeError:
+        raise DKError(f"{what} does not take this data's inputs of shape {tuple(data.x_test.shape[1:])}") from None
+
+
+def output_size(model: nn.Module) -> int:
+    """Output size of a classifier: its last linear layer's."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise DKError("cannot tell the teacher's class count (no linear output layer)")
+    return linears[-1].out_features
 
 
 class Teacher:
@@ -77,11 +161,7 @@ class Teacher:
         self.members = list(members)
         self.combine = combine
         self.archs = list(archs) if archs is not None else [type(m).__name__ for m in members]
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._memory: dict[str, torch.Tensor] = {}
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.compute_seconds = 0.0  # spent running members (cache misses)
+        self.cache = OutputCache(cache_dir)
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], combine: str = "arithmetic",
@@ -96,10 +176,7 @@ class Teacher:
     @property
     def num_classes(self) -> int:
         """Output size of the members (the last linear layer of the first one)."""
-        linears = [m for m in self.members[0].modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise DKError("cannot tell the teacher's class count (no linear output layer)")
-        return linears[-1].out_features
+        return output_size(self.members[0])
 
     def fingerprint(self) -> str:
         """Hash of the members' architectures and current weights (recomputed on every call)."""
@@ -113,61 +190,26 @@ class Teacher:
 
     def member_logits(self, x: torch.Tensor, view: str = "plain") -> torch.Tensor:
         """``[M, N, C]`` eval-mode logits of every member on ``x``, cached by (teacher, data, view)."""
-        return self._cached(x, view, lambda m: predict_logits(m, x))
+        return self.cache.get(self.cache_key(x, view),
+                              lambda: torch.stack([predict_logits(m.to(x.device), x) for m in self.members]), x.device)
 
-    def _cached(self, x: torch.Tensor, view: str, member_fn) -> torch.Tensor:
-        """``member_fn(member)`` for every member, stacked, from the memory or disk cache when there."""
-        key = self.cache_key(x, view)
-        if key in self._memory:
-            self.cache_hits += 1
-            return self._memory[key].to(x.device)
-        path = self.cache_dir / f"{key}.safetensors" if self.cache_dir is not None else None
-        if path is not None and path.is_file():
-            try:
-                logits = load_file(path)["logits"]
-                self.cache_hits += 1
-            except Exception:  # a damaged cache entry is recomputed, never trusted
-                logits = None
-        else:
-            logits = None
-        if logits is None:
-            self.cache_misses += 1
-            t0 = time.perf_counter()
-            logits = torch.stack([member_fn(m.to(x.device)) for m in self.members])
-            self.compute_seconds += time.perf_counter() - t0
-            if not torch.isfinite(logits).all():
-                bad = (~torch.isfinite(logits)).any(-1).reshape(-1, len(x)).any(0).sum().item()
-                raise DKError(f"teacher produced NaN or inf outputs on {bad} transfer examples; "
-                              "check its checkpoint and the input data")
-            if path is not None:
-                atomic_write_bytes(path, save({"logits": logits.cpu().contiguous()}))
-        self._memory[key] = logits.cpu()
-        return logits.to(x.device)
+    def bank_logits(self, x: torch.Tensor, bank: "ViewBank") -> torch.Tensor:
+        """``[M, V, N, C]`` eval-mode logits of every member on every view of ``bank`` (``bank_logits_of``),
+        cached under the bank's key: other codes, augmentation or fill never hit it."""
+        if bank.codes.dim() != 2 or bank.codes.shape[1] != len(x):
+            raise DKError(f"view codes must be [V, {len(x)}], got {tuple(bank.codes.shape)}")
+        return self.cache.get(self.cache_key(x, bank.key()),
+                              lambda: torch.stack([bank_logits_of(m.to(x.device), x, bank) for m in self.members]),
+                              x.device)
 
-    def bank_logits(self, x: torch.Tensor, codes: torch.Tensor, max_shift: int, flip: bool,
-                    fill: float = 0.0) -> torch.Tensor:
-        """``[M, V, N, C]`` eval-mode logits of every member on view ``codes[v, n]`` of each image ``x[n]``
-        (``data.apply_views`` on ``x`` padded by ``max_shift`` with ``fill``), cached like ``member_logits``
-        under a view name holding the SHA-256 of the codes: other codes (a shifted view) never hit it."""
-        if codes.dim() != 2 or codes.shape[1] != len(x):
-            raise DKError(f"view codes must be [V, {len(x)}], got {tuple(codes.shape)}")
-        view = f"bank:k={max_shift}:flip={int(flip)}:fill={fill:g}:{tensor_digest(codes)}"
-        return self._cached(x, view, lambda m: self._bank_member(m, x, codes, max_shift, flip, fill))
-
-    @staticmethod
-    def _bank_member(model: nn.Module, x: torch.Tensor, codes: torch.Tensor, max_shift: int, flip: bool,
-                     fill: float, batch_size: int = 1024) -> torch.Tensor:
-        padded = pad_for_jitter(x, max_shift, fill)
-        codes = codes.to(x.device)
-        out = []
-        for v in range(len(codes)):
-            rows = []
-            for i in range(0, len(x), batch_size):
-                idx = torch.arange(i, min(i + batch_size, len(x)), device=x.device)
-                rows.append(predict_logits(model, apply_views(padded, idx, codes[v, idx], max_shift, flip)))
-            out.append(torch.cat(rows))
-        return torch.stack(out)
-
-    def soft_targets(self, x: torch.Tensor, temperature: float, view: str = "plain") -> torch.Tensor:
+    def soft_targets(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
         """``[N, C]`` soft targets at ``temperature``: the ensemble mean of the members' softened outputs."""
-        return ensemble_probs(self.member_logits(x, view), temperature, self.combine)
+        return ensemble_probs(self.member_logits(x), temperature, self.combine)
+
+    def bank_targets(self, x: torch.Tensor, bank: "ViewBank", temperature: float) -> torch.Tensor:
+        """``[V * N, C]`` soft targets on every view of ``bank``, row ``v * N + n`` for view v of example n."""
+        return ensemble_probs(self.bank_logits(x, bank).flatten(1, 2), temperature, self.combine)
+
+    def check_fits(self, data: "Dataset") -> None:
+        """The members must take the data's inputs and predict over the data's classes."""
+        check_model_fits(self.members[0], self.num_classes, data)

@@ -9,23 +9,23 @@ epoch checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from darkknowledge.checkpoint import OPTIM_PREFIX, load_into, read_checkpoint, save_checkpoint
+from darkknowledge.checkpoint import OPTIM_PREFIX, RESUME_FREE, load_into, resume_state, save_checkpoint
 from darkknowledge.config import DistillConfig, TrainConfig
-from darkknowledge.data import apply_views, background_value, channel_stats, gather_views, pad_for_jitter, view_count
+from darkknowledge.data import background_value, channel_stats, pad_for_jitter
+from darkknowledge.device import resolve_device, resolve_precision
 from darkknowledge.errors import INTERRUPTED, DKError
-from darkknowledge.evaluation import errors_from_logits
+from darkknowledge.evaluation import errors_from_logits, predict_logits
 from darkknowledge.fused import FusedMLPStep
 from darkknowledge.losses import (
     distillation_loss,
@@ -34,37 +34,7 @@ from darkknowledge.losses import (
     logit_matching_loss_and_grad,
 )
 from darkknowledge.models import apply_constraints, build_model
-from darkknowledge.teachers import predict_logits
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 arithmetic (x86 AVX512-BF16 or AMX, Arm BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: no cheap way to ask, so do not assume it
-        return False
-    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the device computes it natively (and accuracy holds: see the README),
-    else ``fp32``; ``fp32`` and ``bf16`` are taken as given."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_supports_bf16() else "fp32"
-    return "fp32"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for an absent CUDA device is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DKError(f"device {name!r} requested but CUDA is not available here")
-    return torch.device(name)
+from darkknowledge.views import RandomViews, ViewBank, Views
 
 
 @dataclass(frozen=True)
@@ -72,6 +42,7 @@ class HardLabels:
     """Ordinary cross-entropy with the true labels (the baseline students and the teacher)."""
 
     labels: torch.Tensor  # [N]
+    bank: ClassVar[None] = None  # a fresh random view per step (``views.RandomViews``)
 
     def to(self, device: torch.device) -> "HardLabels":
         return HardLabels(self.labels.to(device))
@@ -87,19 +58,16 @@ class HardLabels:
 class SoftTargets:
     """The distillation objective (paper section 2) against precomputed teacher soft targets."""
 
-    targets: torch.Tensor  # [N, C] teacher probabilities at config.temperature; [N * views, C] with views
-    labels: torch.Tensor  # [N], -1 where unlabelled; repeated per view like the targets
+    targets: torch.Tensor  # [N, C] teacher probabilities at config.temperature; [V * N, C] with a bank
+    labels: torch.Tensor  # [N] (-1 where unlabelled); [V * N] with a bank, repeated per view like the targets
     config: DistillConfig
-    # > 1: one target per view of each example, row n * views + code, where code is the view ``fit`` drew for
-    # it (``data.gather_views``); ``views`` must be ``data.view_count(jitter, flip)``.
-    views: int = 1
-    # A bank of augmented views [V, N] (view codes, ``data.apply_views``): ``fit`` shows example n in the view
-    # of a random slot v, and its target is row v * N + n (the teacher's on exactly that view).
-    bank_codes: torch.Tensor | None = None
+    # The views the targets were computed on (``views.ViewBank``): ``fit`` shows each example in a view of the
+    # bank and scores it against the teacher's target on exactly that view. None: one target per example.
+    bank: ViewBank | None = None
 
     def to(self, device: torch.device) -> "SoftTargets":
-        codes = None if self.bank_codes is None else self.bank_codes.to(device)
-        return SoftTargets(self.targets.to(device), self.labels.to(device), self.config, self.views, codes)
+        bank = None if self.bank is None else self.bank.to(device)
+        return SoftTargets(self.targets.to(device), self.labels.to(device), self.config, bank)
 
     def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -121,6 +89,7 @@ class MatchLogits:
     """
 
     teacher_logits: torch.Tensor  # [N, C]
+    bank: ClassVar[None] = None
 
     def to(self, device: torch.device) -> "MatchLogits":
         return MatchLogits(self.teacher_logits.to(device))
@@ -148,6 +117,15 @@ def new_model(cfg: TrainConfig, in_shape: int | tuple[int, ...], num_classes: in
     """Build ``cfg.arch`` for inputs of ``in_shape`` with weights initialised from ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     return build_model(cfg.arch, in_shape, num_classes)
+
+
+@torch.no_grad()
+def _output_size(model: nn.Module, probe: torch.Tensor) -> int:
+    """The model's number of outputs, from one example in eval mode (batch-norm statistics must not move)."""
+    was_training = model.training
+    out = model.eval()(probe if probe.dtype == torch.uint8 else probe.float())
+    model.train(was_training)
+    return int(out.shape[-1])
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -209,29 +187,28 @@ def make_sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
     return torch.optim.SGD(params, **kwargs)
 
 
-def autograd_step(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
-                  objective: "Objective", precision: str, grad_clip: float):
-    """The generic step for any ``nn.Module``: autocast forward, autograd backward, SGD, constraints."""
-    device_type = next(model.parameters()).device.type
-    state: dict[str, torch.Tensor | None] = {"grad_norm": None}
+class AutogradStep:
+    """One SGD step of any ``nn.Module``: ``step(x, objective, rows, generator) -> loss`` (autocast forward,
+    autograd backward, SGD, weight constraints); ``fused.FusedMLPStep`` has the same interface."""
 
-    def step(xb: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = objective(forward(xb), idx)
-        opt.zero_grad(set_to_none=True)
+    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+                 precision: str, grad_clip: float) -> None:
+        self.model, self.forward, self.opt, self.grad_clip = model, forward, opt, grad_clip
+        self.bf16 = precision == "bf16"
+        self.device_type = next(model.parameters()).device.type
+        self.last_grad_norm: torch.Tensor | None = None  # before clipping, when grad_clip is on
+
+    def __call__(self, x: torch.Tensor, objective: "Objective", rows: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = objective(self.forward(x), rows)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            state["grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-        opt.step()
-        apply_constraints(model)
+        if self.grad_clip > 0:
+            self.last_grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+        self.opt.step()
+        apply_constraints(self.model)
         return loss.detach().float()
-
-    step.state = state  # type: ignore[attr-defined]
-    return step
-
-
-# Settings that do not change the trained weights: a run may resume with other values.
-_RESUME_FREE = ("device", "eval_every")
 
 
 def fit(
@@ -284,31 +261,19 @@ def fit(
     objective = objective.to(device)
     if x_test is not None:
         x_test, y_test = x_test.to(device), y_test.to(device)
-    with torch.no_grad():  # eval mode: a one-image probe must not move batch-norm statistics
-        was_training = model.training
-        probe = x[:1].to(device)
-        num_classes = int(model.eval()(probe if probe.dtype == torch.uint8 else probe.float()).shape[-1])
-        model.train(was_training)
+    num_classes = _output_size(model, x[:1].to(device))
     opt = make_sgd(model.parameters(), cfg, device)
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_FREE}
+    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE}
     train_cfg["precision"] = precision  # as resolved: "auto" may mean another thing on another machine
     history: list[dict[str, Any]] = []
     start = 0
     background = background_value(x)  # the input shift of a fresh MLP and the fill of jittered views
-    if resume and checkpoint is not None and (Path(checkpoint) / "model.json").is_file():
-        weights, saved_meta, extra = read_checkpoint(checkpoint, expected_arch=cfg.arch)
-        # A setting added after the checkpoint was written counts as its default (old runs resume).
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in _RESUME_FREE}
-        saved_cfg = {**defaults, **{k: v for k, v in saved_meta.get("train_config", {}).items()
-                                    if k not in _RESUME_FREE}}
-        if saved_cfg != train_cfg:
-            changed = sorted(k for k in train_cfg.keys() | saved_cfg.keys() if saved_cfg.get(k) != train_cfg.get(k))
-            raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
-        # The objective's settings too (temperature, transfer set, teacher weights...): JSON-normalised.
-        wanted = json.loads(json.dumps(meta or {}))
-        changed = sorted(k for k, v in wanted.items() if saved_meta.get(k) != v)
-        if changed:
-            raise DKError(f"cannot resume {checkpoint}: it was trained with different settings ({', '.join(changed)})")
+    saved = None
+    if resume and checkpoint is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FREE}
+        saved = resume_state(checkpoint, cfg.arch, train_cfg, defaults, meta or {})
+    if saved is not None:
+        weights, saved_meta, extra = saved
         load_into(model, weights, str(checkpoint), cfg.arch)
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
@@ -317,32 +282,19 @@ def fit(
     elif hasattr(model, "calibrate_norm") and x.dim() == 4:
         model.calibrate_norm(*channel_stats(x))  # images: the training inputs' per-channel statistics
 
-    fused = cfg.fused and not cfg.compile and FusedMLPStep.supports(model)  # --compile asks for autograd
-    if fused:
-        step_fn = FusedMLPStep(model, opt, torch.bfloat16 if precision == "bf16" else torch.float32, cfg.grad_clip)
+    step: FusedMLPStep | AutogradStep
+    if cfg.fused and not cfg.compile and FusedMLPStep.supports(model):  # --compile asks for autograd
+        step = FusedMLPStep(model, opt, torch.bfloat16 if precision == "bf16" else torch.float32, cfg.grad_clip)
         # The inputs live on the device in the compute dtype: half the bytes to gather per batch in bf16.
         x = x.to(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-
-        def step(xb, idx, gen):
-            return step_fn(xb, lambda z: objective.loss_and_grad(z, idx), gen)
-
-        def grad_norm():
-            return step_fn.last_grad_norm
     else:
+        step = AutogradStep(model, compiled(model) if cfg.compile else model, opt, precision, cfg.grad_clip)
         x = x.to(device)
-        step = autograd_step(model, compiled(model) if cfg.compile else model, opt, objective, precision,
-                             cfg.grad_clip)
-
-        def grad_norm():
-            return step.state["grad_norm"]
-    views = getattr(objective, "views", 1)
-    if views > 1 and views != view_count(cfg.jitter, cfg.flip):
-        raise DKError(f"the objective has targets for {views} views, but jitter {cfg.jitter} and flip {cfg.flip} "
-                      f"draw {view_count(cfg.jitter, cfg.flip)}")
-    bank = getattr(objective, "bank_codes", None)
-    if bank is not None and (bank.shape[1] != len(x) or int(bank.max()) >= view_count(cfg.jitter, cfg.flip)):
-        raise DKError(f"the objective's view bank {tuple(bank.shape)} does not fit {len(x)} examples with jitter "
-                      f"{cfg.jitter} and flip {cfg.flip}")
+    # What the student sees of each example, and which target row goes with it: the objective's bank of
+    # views (the teacher's targets on each), or a fresh random view per step.
+    views: Views = objective.bank if objective.bank is not None else RandomViews(cfg.jitter, cfg.flip)
+    if objective.bank is not None:
+        objective.bank.check(len(x), cfg.jitter, cfg.flip, background)
     # Padded once (with the background level): a batch is then one index_select, jittered or not.
     source = pad_for_jitter(x, cfg.jitter, background)
     n, bs = len(x), cfg.batch_size
@@ -363,23 +315,14 @@ def fit(
         norm_sum = torch.zeros((), device=device)
         clipped = torch.zeros((), device=device)
         for i, step_index in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
-            idx = perm[i * bs:(i + 1) * bs]
-            if bank is not None:  # a random slot of the bank: the view and its target go together
-                slot = torch.randint(0, len(bank), (len(idx),), device=device, generator=gen)
-                xb = apply_views(source, idx, bank[slot, idx], cfg.jitter, cfg.flip)
-                idx = slot * n + idx
-            elif views > 1:  # the objective's row for each example is the view it was drawn in
-                xb, code = gather_views(source, idx, cfg.jitter, cfg.flip, gen, return_code=True)
-                idx = idx * views + code
-            else:
-                xb = gather_views(source, idx, cfg.jitter, cfg.flip, gen)
+            xb, rows = views.draw(source, perm[i * bs:(i + 1) * bs], gen)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step_index, steps_per_epoch)
-            loss = step(xb, idx, gen)
-            loss_sum += loss * len(idx)
+            loss = step(xb, objective, rows, gen)
+            loss_sum += loss * len(rows)
             torch.maximum(loss_max, loss, out=loss_max)
             if cfg.grad_clip > 0:
-                g = grad_norm()
+                g = step.last_grad_norm
                 torch.maximum(norm_max, g, out=norm_max)
                 norm_sum += g
                 clipped += g > cfg.grad_clip

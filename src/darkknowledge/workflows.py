@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
-from darkknowledge.data import (Dataset, background_value, balanced_fraction, bank_codes, drop_classes, drop_labels, jittered_views,
-                                keep_classes)
-from darkknowledge.losses import ensemble_probs
+from darkknowledge.data import Dataset, balanced_fraction, drop_classes, drop_labels, keep_classes, split_validation
+from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
-from darkknowledge.evaluation import evaluate
-from darkknowledge.teachers import Teacher
-from darkknowledge.training import HardLabels, MatchLogits, Objective, SoftTargets, fit, new_model, resolve_device
+from darkknowledge.evaluation import bias_vector, errors_from_logits, evaluate, fit_bias_offset, predict_logits
+from darkknowledge.teachers import Teacher, TeacherLike
+from darkknowledge.training import HardLabels, MatchLogits, Objective, SoftTargets, fit, new_model
+from darkknowledge.views import ViewBank
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Result:
     seconds: float
     test: dict[str, Any]
     transfer_size: int
+    checkpoint: str | None = None  # where ``fit`` wrote it (None: not written)
 
 
 def transfer_set(data: Dataset, cfg: TransferConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,17 +56,6 @@ def transfer_set(data: Dataset, cfg: TransferConfig, seed: int = 0) -> tuple[tor
     return x, y
 
 
-def check_teacher_fits(teacher: Teacher, data: Dataset) -> None:
-    """The teacher must take the data's inputs and predict over the data's classes."""
-    if teacher.num_classes != data.num_classes:
-        raise DKError(f"teacher predicts {teacher.num_classes} classes but the data has {data.num_classes}")
-    try:
-        with torch.no_grad():
-            teacher.members[0].eval()(data.x_test[:1].to(next(teacher.members[0].parameters()).device))
-    except RuntimeError:
-        raise DKError(f"teacher does not take this data's inputs of shape {tuple(data.x_test.shape[1:])}") from None
-
-
 def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objective, cfg: TrainConfig,
                      out: str | Path | None = None, resume: bool = False, progress: bool = True,
                      meta: dict[str, Any] | None = None,
@@ -84,7 +74,7 @@ def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objec
                   meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress)
     seconds = time.perf_counter() - t0
     test = evaluate(model, data.x_test.to(device), data.y_test.to(device), data.num_classes)
-    return Result(name, model, history, seconds, test, len(x))
+    return Result(name, model, history, seconds, test, len(x), None if out is None else str(out))
 
 
 def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = None, resume: bool = False,
@@ -97,7 +87,23 @@ def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = N
     return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta, train_eval, curve)
 
 
-def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: DistillConfig,
+def student_bank(x: torch.Tensor, cfg: TrainConfig, tcfg: TransferConfig) -> tuple[TrainConfig, ViewBank | None]:
+    """The views a student trained with ``cfg`` on transfer inputs ``x`` sees, and its config to train with.
+
+    ``view_bank`` V: a bank of V views drawn from the student's own augmentation (jitter, flip); ``jitter_views``
+    k (beyond the paper): every translation by up to k pixels (the student then jitters by k). Neither: None,
+    the plain transfer set. The one place a bank is made from a student: a stage that fills the teacher's
+    cache ahead of the students calls it too, so both compute the same codes and the same cache key.
+    """
+    if tcfg.jitter_views:
+        cfg = replace(cfg, jitter=tcfg.jitter_views)
+        return cfg, ViewBank.for_student(x, cfg.jitter, cfg.flip)
+    if tcfg.view_bank:
+        return cfg, ViewBank.for_student(x, cfg.jitter, cfg.flip, tcfg.view_bank)
+    return cfg, None
+
+
+def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dcfg: DistillConfig,
             tcfg: TransferConfig = TransferConfig(), out: str | Path | None = None, resume: bool = False,
             progress: bool = True, meta: dict[str, Any] | None = None,
             transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -105,40 +111,54 @@ def distill(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, dcfg: 
             curve: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
     """Train ``cfg.arch`` on the teacher's soft targets at ``dcfg.temperature`` over the transfer set.
 
-    The transfer set is the training split filtered by ``tcfg``, unless ``transfer`` gives it directly.
+    The teacher is any ``teachers.TeacherLike``: one model, an ensemble, a generalist with its specialists.
+    The transfer set is the training split filtered by ``tcfg``, unless ``transfer`` gives it directly; with a
+    view bank (``student_bank``) the student sees each example in a view of the bank, scored against the
+    teacher's target on exactly that view.
     """
-    check_teacher_fits(teacher, data)
+    teacher.check_fits(data)
     x, y = transfer if transfer is not None else transfer_set(data, tcfg, cfg.seed)
     device = resolve_device(cfg.device)
-    if tcfg.jitter_views:  # beyond the paper: the student sees translated views, each with its own targets
-        k = tcfg.jitter_views
-        if x.dim() != 3:
-            raise DKError(f"jitter_views needs images [N, H, W]; the transfer set is {tuple(x.shape)}")
-        views = (2 * k + 1) ** 2
-        targets = torch.empty(len(x), views, data.num_classes, device=device)
-        # The views fit will draw: padded with the same background level (data.background_value).
-        for code, view in jittered_views(x.to(device), k, background_value(x)):
-            targets[:, code] = teacher.soft_targets(view, dcfg.temperature)
-        objective = SoftTargets(targets.flatten(0, 1), y.to(device).repeat_interleave(views), dcfg, views)
-        cfg = replace(cfg, jitter=k)
-    elif tcfg.view_bank:  # the student's own augmentation, on a bank of views with the teacher's targets
-        if not (cfg.jitter or cfg.flip):
-            raise DKError("view_bank needs an augmentation to draw views from: set jitter and/or flip")
-        codes = bank_codes(len(x), tcfg.view_bank, cfg.jitter, cfg.flip)
-        logits = teacher.bank_logits(x.to(device), codes, cfg.jitter, cfg.flip, background_value(x))
-        targets = ensemble_probs(logits.flatten(1, 2), dcfg.temperature, teacher.combine)
-        objective = SoftTargets(targets, y.to(device).repeat(tcfg.view_bank), dcfg, bank_codes=codes)
-    else:
+    cfg, bank = student_bank(x, cfg, tcfg)
+    if bank is None:
         objective = SoftTargets(teacher.soft_targets(x.to(device), dcfg.temperature), y, dcfg)
+    else:
+        targets = teacher.bank_targets(x.to(device), bank, dcfg.temperature)
+        objective = SoftTargets(targets, y.to(device).repeat(bank.views), dcfg, bank)
     meta = {"distill_config": dataclasses.asdict(dcfg), "transfer_config": dataclasses.asdict(tcfg),
-            "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine, **(meta or {})}
+            "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine,
+            **(meta or {})}
     return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval, curve)
+
+
+def distill_with_bias_fix(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dcfg: DistillConfig,
+                          classes: tuple[int, ...], *, only: bool = False, val_size: int, out: str | Path | None = None,
+                          resume: bool = False, progress: bool = True) -> tuple[Result, dict[str, Any]]:
+    """Paper section 3: distil on a transfer set without ``classes`` (or, ``only``, with only them), then fit
+    one output-bias offset for those classes on a validation split of ``val_size`` training images (carved
+    off first, seeded by ``cfg.seed``; never the test set) and apply it to the test logits.
+
+    Returns the distilled ``Result`` and ``{offset, test_optimal_offset, fixed_errors, fixed_per_class_errors}``;
+    the test-optimal offset is reported beside the fitted one, as the paper reported its +3.5 and -7.6.
+    """
+    x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, val_size, seed=cfg.seed)
+    transfer = (keep_classes if only else drop_classes)(x_rest, y_rest, list(classes))
+    result = distill(name, data, teacher, cfg, dcfg, transfer=transfer, out=out, resume=resume, progress=progress)
+    device = resolve_device(cfg.device)
+    test_logits = predict_logits(result.model, data.x_test.to(device))
+    y_test = data.y_test.to(device)
+    offset, _ = fit_bias_offset(predict_logits(result.model, x_val.to(device)), y_val.to(device), classes)
+    test_optimal, _ = fit_bias_offset(test_logits, y_test, classes)
+    fixed = errors_from_logits(test_logits + bias_vector({c: offset for c in classes}, data.num_classes, device),
+                               y_test, data.num_classes)
+    return result, {"offset": offset, "test_optimal_offset": test_optimal, "fixed_errors": fixed["errors"],
+                    "fixed_per_class_errors": fixed["per_class_errors"]}
 
 
 def match_logits(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, x: torch.Tensor,
                  out: str | Path | None = None, resume: bool = False, progress: bool = True) -> Result:
     """Train ``cfg.arch`` to regress the teacher's (ensemble-mean) logits on ``x`` (paper section 2.1)."""
-    check_teacher_fits(teacher, data)
+    teacher.check_fits(data)
     logits = teacher.member_logits(x.to(resolve_device(cfg.device))).mean(0)
     meta = {"objective": "logit matching", "teacher_fingerprint": teacher.fingerprint()}
     return fit_and_evaluate(name, data, x, MatchLogits(logits), cfg, out, resume, progress, meta)

@@ -18,29 +18,24 @@ members go through the executor interface (``--executor local|ray``).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
 import time
 from dataclasses import dataclass, replace
-from importlib.resources import files
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint
-from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, build_configs, load_yaml
-from darkknowledge.data import Dataset, balanced_fraction, bank_codes, background_value
-from darkknowledge.ensembles import evaluate_ensemble, load_split, member_task
+from darkknowledge.checkpoint import load_checkpoint
+from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, packaged_recipe
+from darkknowledge.data import Dataset, balanced_fraction, load_split
+from darkknowledge.device import resolve_device
+from darkknowledge.ensembles import MemberTask, evaluate_ensemble, member_task
 from darkknowledge.errors import DKError
-from darkknowledge.evaluation import errors_from_logits
-from darkknowledge.experiments.mnist import prepare_out
-from darkknowledge.experiments.report import check_run, fmt_measured, run_reproduction, git_commit, hardware, mean_std, save_figure, seed_row, stage_table
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage
-from darkknowledge.teachers import Teacher, predict_logits
-from darkknowledge.training import resolve_device, resolve_precision
-from darkknowledge.workflows import Result, distill, train
+from darkknowledge.evaluation import errors_from_logits, predict_logits
+from darkknowledge.experiments.report import Experiment, save_figure, seed_row, values_row
+from darkknowledge.experiments.runner import DONE, PENDING, Stage
+from darkknowledge.teachers import Teacher
+from darkknowledge.workflows import Result, distill, student_bank, train
 
 # The paper's numbers: section 4 (speech frame accuracy, %) and section 6 (table 5). Different data and
 # nets: the percentages of gain kept and gap recovered are what carries over.
@@ -103,13 +98,8 @@ EVALS = 4  # test evaluations per run (and after the last epoch)
 CURVE = 2000  # per-epoch test errors on a seeded sample of 2,000 test images (a fifth of the cost); the final on all
 
 
-def load_recipe(name: str, classes: tuple[type, ...] = (TrainConfig,)) -> dict[type, Any]:
-    path = Path(str(files("darkknowledge.recipes.cifar10") / f"{name}.yaml"))
-    return build_configs(classes, load_yaml(path), f"recipe {path.name}")
-
-
-MEMBER = load_recipe("member")[TrainConfig]
-_distilled = load_recipe("distilled", (TrainConfig, DistillConfig))
+MEMBER = packaged_recipe("cifar10", "member")[TrainConfig]
+_distilled = packaged_recipe("cifar10", "distilled", (TrainConfig, DistillConfig))
 DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
 
 
@@ -141,8 +131,7 @@ def member_source(data_dir: str | Path) -> str:
 
 # ---- stages ---------------------------------------------------------------------------------------------
 
-def build_stages(scale_name: str, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
-    sc = SCALES[scale_name]
+def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     n = (sc.train_limit or 50_000) - sc.val_size
     members = max(sc.members, seeds)
     member_names = tuple(f"member/m{i}" for i in range(members))
@@ -154,9 +143,9 @@ def build_stages(scale_name: str, seeds: int, ctx: dict[str, Any]) -> list[Stage
                      sc.select_epochs * n / 1e5) for name, t in zip(select, sc.temperatures)]
     for s in range(seeds):
         p = {**ctx, "seed": s}
-        stages.append(Stage(f"distilled/s{s}", "distilled", p, select, sc.student_epochs * n / 1e5))
+        stages.append(Stage(f"distilled/s{s}", "distilled", p, ("ensemble",) + select, sc.student_epochs * n / 1e5))
         if s < sc.geometric_seeds:
-            stages.append(Stage(f"distilled-geometric/s{s}", "distilled_geometric", p, select,
+            stages.append(Stage(f"distilled-geometric/s{s}", "distilled_geometric", p, ("ensemble",) + select,
                                 sc.student_epochs * n / 1e5))
     small = sc.small_epochs * sc.fraction * n / 1e5 + sc.small_epochs / 20 * 0.1  # + evaluations
     for s in range(seeds):
@@ -166,20 +155,19 @@ def build_stages(scale_name: str, seeds: int, ctx: dict[str, Any]) -> list[Stage
     return stages
 
 
-def _choice(out: Path, sc: Scale) -> float:
-    """The temperature with the fewest validation errors (ties: the lower T), from the select stages' records."""
+def _choice(inputs: dict[str, Any]) -> float:
+    """The temperature with the fewest validation errors among the select stages' results (ties: the lower T)."""
     best = None
-    for t in sc.temperatures:
-        rec = json.loads((out / "stages" / f"select__T{t:g}.json").read_text())
-        errors = rec["result"]["val_errors"]
-        if best is None or errors < best[1]:
-            best = (float(t), errors)
+    for name, r in inputs.items():
+        if name.startswith("select/") and (best is None or r["val_errors"] < best[1]):
+            best = (float(r["temperature"]), r["val_errors"])
     return best[0]
 
 
-def _teacher(out: Path, members: int, device: torch.device, combine: str = "arithmetic") -> Teacher:
-    paths = [out / "members" / f"member{i}" for i in range(members)]
-    return Teacher.from_checkpoints(paths, combine, device=device, cache_dir=out / "cache")
+def _teacher(inputs: dict[str, Any], device: torch.device, out: Path, combine: str = "arithmetic") -> Teacher:
+    """The ensemble of the members the ensemble stage evaluated (its result names their checkpoints)."""
+    return Teacher.from_checkpoints(inputs["ensemble"]["member_checkpoints"], combine, device=device,
+                                    cache_dir=out / "cache")
 
 
 def _curve(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,55 +189,53 @@ def _train_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, nu
     return errors_from_logits(predict_logits(model, x), y, num_classes)["accuracy"]
 
 
-def run_stage(stage: Stage) -> dict[str, Any]:
+def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Execute one stage (in this process or a worker); ``inputs`` are the results of its dependencies."""
     p = stage.params
-    if p.get("threads"):
-        torch.set_num_threads(p["threads"])
-    sc, device, progress, out = SCALES[p["scale"]], p["device"], p["progress"], Path(p["out"])
+    sc, device, progress, out = p["scale"], p["device"], p["progress"], Path(p["out"])
     dev = resolve_device(device)
     data, (x_val, y_val) = load_data_for(p["data_dir"], sc, dev)
-    members = max(sc.members, p["seeds"])
     ckpt = out / "models" / stage.name.replace("/", "__")
     if stage.kind == "member":
         i = p["member"]
-        task = {"data": member_source(p["data_dir"]), "name": f"member{i}", "progress": progress,
-                "val_size": sc.val_size, "limit": sc.train_limit,
-                "config": dataclasses.asdict(scaled(MEMBER, sc, sc.member_epochs, i, device)),
-                "out": str(out / "members" / f"member{i}")}
+        task = MemberTask(member_source(p["data_dir"]), scaled(MEMBER, sc, sc.member_epochs, i, device),
+                          str(out / "members" / f"member{i}"), f"member{i}", sc.val_size, sc.train_limit, progress)
         result = member_task(task)  # the members' split is this one: same limit, same validation carve-out
-        model, _, _ = load_checkpoint(task["out"], device=dev)
+        model, _, _ = load_checkpoint(task.out, device=dev)
         result["train_accuracy"] = _train_accuracy(model, data.x_train, data.y_train, data.num_classes)
         return result
     if stage.kind == "ensemble":
-        teacher = _teacher(out, members, dev)
+        paths = [inputs[name]["out"] for name in sorted(inputs, key=lambda k: int(k.split("/m")[1]))]
+        teacher = Teacher.from_checkpoints(paths, device=dev, cache_dir=out / "cache")
         result = evaluate_ensemble(teacher, data.x_test, data.y_test, data.num_classes)
-        # The soft-target bank every student draws on: paid here, once, and timed.
+        # The soft-target bank every student draws on, made as the students make it (``student_bank``):
+        # paid here, once, and timed.
         t0 = time.perf_counter()
-        codes = bank_codes(len(data.x_train), sc.views, MEMBER.jitter, MEMBER.flip)
-        teacher.bank_logits(data.x_train, codes, MEMBER.jitter, MEMBER.flip, background_value(data.x_train))
+        _, bank = student_bank(data.x_train, scaled(DISTILLED, sc, sc.student_epochs, 0, device),
+                               TransferConfig(view_bank=sc.views))
+        teacher.bank_logits(data.x_train, bank)
         bank_seconds = time.perf_counter() - t0
-        return {**result, "bank_seconds": round(bank_seconds, 2), "views": sc.views, "members": members,
-                "transfer_size": len(data.x_train),
+        return {**result, "bank_seconds": round(bank_seconds, 2), "views": sc.views, "members": len(paths),
+                "member_checkpoints": paths, "transfer_size": len(data.x_train),
                 # Running the ensemble on every batch instead costs one pass over the transfer set per epoch:
                 "teacher_seconds_per_epoch_on_the_fly": round(bank_seconds / sc.views, 2)}
     dcfg = DISTILL
     if stage.kind == "select":  # a student on the train split, scored on the validation split
         cfg = scaled(DISTILLED, sc, sc.select_epochs, 100, device)
-        teacher = _teacher(out, members, dev)
-        r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=p["temperature"]),
+        r = distill(stage.name, data, _teacher(inputs, dev, out), cfg, replace(dcfg, temperature=p["temperature"]),
                     TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress, curve=_curve(data))
         val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
         return _summary(r, {"temperature": p["temperature"], "val_errors": val["errors"], "val_size": len(y_val)})
     if stage.kind in ("distilled", "distilled_geometric"):
-        temperature = _choice(out, sc)
+        temperature = _choice(inputs)
         combine = "geometric" if stage.kind == "distilled_geometric" else "arithmetic"
-        teacher = _teacher(out, members, dev, combine)
+        teacher = _teacher(inputs, dev, out, combine)
         cfg = scaled(DISTILLED, sc, sc.student_epochs, p["seed"], device)
         t0 = time.perf_counter()
         r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=temperature),
                     TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress, curve=_curve(data))
-        return _summary(r, {"temperature": temperature, "combine": combine, "cache_hits": teacher.cache_hits,
-                            "teacher_seconds": round(teacher.compute_seconds, 2),
+        return _summary(r, {"temperature": temperature, "combine": combine, "cache_hits": teacher.cache.hits,
+                            "teacher_seconds": round(teacher.cache.compute_seconds, 2),
                             "wall_seconds": round(time.perf_counter() - t0, 2)})
     # Section 6: 3% of the training split, class-balanced, seeded by the seed.
     x_small, y_small = balanced_fraction(data.x_train, data.y_train, sc.fraction, seed=p["seed"])
@@ -264,8 +250,8 @@ def run_stage(stage: Stage) -> dict[str, Any]:
                   **track)
         return _summary(r, {"train_accuracy": _train_accuracy(r.model, x_small, y_small, data.num_classes)})
     if stage.kind == "soft_small":
-        temperature = _choice(out, sc)
-        teacher = Teacher.from_checkpoints([out / "members" / f"member{p['seed']}"], device=dev,
+        temperature = _choice(inputs)
+        teacher = Teacher.from_checkpoints([inputs[f"member/m{p['seed']}"]["out"]], device=dev,
                                            cache_dir=out / "cache")
         r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=temperature),
                     TransferConfig(view_bank=sc.small_views), transfer=(x_small, y_small), out=ckpt, resume=True,
@@ -281,8 +267,8 @@ def _pct(r: dict[str, Any]) -> float:
     return 100 * r["accuracy"]
 
 
-def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_name: str, seeds: int,
-              device: torch.device, wall_seconds: float) -> dict[str, Any]:
+def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale, seeds: int) -> dict[str, Any]:
+    """The CIFAR-10 part of ``results.json`` (see ``experiments.report``) from the stage records so far."""
     by_kind: dict[str, list[Stage]] = {}
     for s in stages:
         by_kind.setdefault(s.kind, []).append(s)
@@ -327,12 +313,8 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_nam
         h, f, m = done.get(f"hard3/s{s}"), done.get(f"soft3/s{s}"), done.get(f"member/m{s}")
         if h and f and m and _pct(m) != _pct(h):
             gaps.append(100 * (_pct(f) - _pct(h)) / (_pct(m) - _pct(h)))
-    mean, std = mean_std(gaps)
-    rows.append({"experiment": "gap_recovered_percent", "metric": "percent", "paper": PAPER["gap_recovered_percent"][1],
-                 "mean": round(mean, 3) if gaps else None, "std": round(std, 3) if gaps else None,
-                 "seeds": len(gaps), "values": gaps, "status": DONE if len(gaps) == seeds else
-                 ("partial" if gaps else PENDING), "seconds": None,
-                 "note": "(soft 3% - hard 3%) / (hard 100% - hard 3%), test accuracy, per seed"})
+    rows.append(values_row("gap_recovered_percent", *PAPER["gap_recovered_percent"], gaps, seeds,
+                           note="(soft 3% - hard 3%) / (hard 100% - hard 3%), test accuracy, per seed"))
     selection = [{"temperature": done[s.name]["temperature"], "val_errors": done[s.name]["val_errors"],
                   "val_size": done[s.name]["val_size"]} for s in by_kind["select"] if s.name in done]
     curves = {s.name: {"train_size": done[s.name]["transfer_size"], "curve": done[s.name]["curve"],
@@ -348,33 +330,18 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_nam
                         "bank_seconds_per_student_epoch": round(ens["bank_seconds"] / epochs, 3) if epochs else None,
                         "on_the_fly_seconds_per_student_epoch": ens["teacher_seconds_per_epoch_on_the_fly"],
                         "cache_hits": sum(r.get("cache_hits", 0) for r in students)}
-    sc = SCALES[scale_name]
-    stage_rows = stage_table(stages, records)
-    return {"experiment": "cifar10", "hardware": hardware(device), "commit": git_commit(), "scale": scale_name,
-            "scale_config": dataclasses.asdict(sc), "device": str(device), "torch": torch.__version__,
-            "precision": resolve_precision(MEMBER.precision, device), "seeds": list(range(seeds)),
-            "test_size": test_size, "wall_seconds": round(wall_seconds, 1),
-            "total_seconds": round(sum(r["seconds"] for r in stage_rows), 1),
-            "stages_done": sum(r["status"] == DONE for r in stage_rows), "stages_total": len(stage_rows),
-            "rows": rows, "temperature_selection": selection, "teacher_cost": teacher_cost,
-            "ensemble": ens, "curves_3pct": curves, "stages": stage_rows,
-            "configs": {"member": dataclasses.asdict(MEMBER), "distilled": dataclasses.asdict(DISTILLED),
-                        "distill": dataclasses.asdict(DISTILL)}}
+    return {"test_size": test_size, "rows": rows, "temperature_selection": selection, "teacher_cost": teacher_cost,
+            "ensemble": ens, "curves_3pct": curves}
 
 
-def markdown(results: dict[str, Any]) -> str:
-    lines = [f"# CIFAR-10 reproduction of paper sections 4 and 6 ({results['scale']} scale)", "",
-             f"Hardware: {results['hardware']}; precision {results['precision']}; seeds {results['seeds']}; "
-             f"commit {results['commit'][:12]}; {results['stages_done']}/{results['stages_total']} stages done, "
-             f"{results['total_seconds']:.0f} s of stages, {results['wall_seconds']:.0f} s wall.", "",
-             "The paper's column is its speech numbers (frame accuracy, %): other data and nets; the gain kept "
-             "and the gap recovered are what carry over.", "",
-             "| experiment | metric | paper | measured (mean ± std) | per seed | seconds |", "|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        per_seed = ", ".join(f"{v:.4g}" for v in r["values"])
-        paper = "" if r["paper"] is None else r["paper"]
-        lines.append(f"| {r['experiment']} | {r['metric']} | {paper} | {fmt_measured(r)} | {per_seed} | "
-                     f"{r['seconds'] if r['seconds'] is not None else ''} |")
+def preface(results: dict[str, Any]) -> list[str]:
+    return ["The paper's column is its speech numbers (frame accuracy, %): other data and nets; the gain kept "
+            "and the gap recovered are what carry over.", ""]
+
+
+def markdown(results: dict[str, Any]) -> list[str]:
+    """The sections after the rows: the temperature choice and the teacher's cost."""
+    lines: list[str] = []
     if results["temperature_selection"]:
         lines += ["", "Temperature chosen on the validation split (hard-label weight 0.5):", "",
                   "| T | validation errors |", "|---|---|"]
@@ -386,10 +353,7 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{tc['bank_seconds']:.1f} s once ({tc['members']} members), reused for {tc['student_epochs_served']} "
                   f"student epochs: {tc['bank_seconds_per_student_epoch']} s per student epoch, against "
                   f"{tc['on_the_fly_seconds_per_student_epoch']} s per epoch running the ensemble on every batch."]
-    failed = [s for s in results["stages"] if s["status"] == FAILED]
-    if failed:
-        lines += ["", "Failed stages:", ""] + [f"- `{s['stage']}`: {s['error']}" for s in failed]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -425,33 +389,9 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     return [save_figure(fig, out / "small_data.png")]
 
 
-MANIFEST = "reproduction.json"
-
-
-def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds: int | None = None,
-              device: str = "cpu", progress: bool = True, workers: int = 1, resume: bool = False,
-              overwrite: bool = False, executor: str = "local", address: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every CIFAR-10 stage; ``results.json``, ``results.md`` and the plot after each."""
-    sc, seeds = check_run(SCALES, scale, seeds, workers)
-    dev = resolve_device(device)
-    load_data_for(data_dir, sc, dev)  # fail fast on bad data, before anything is written
-    out = Path(out)
-    prepare_out(out, scale, resume, overwrite)
-    if not resume:
-        shutil.rmtree(out / "members", ignore_errors=True)
-    atomic_write_json(out / MANIFEST, {"scale": scale, "seeds": seeds, "data_dir": str(data_dir),
-                                       "device": str(dev), "commit": git_commit(), "executor": executor})
-    threads = max(1, torch.get_num_threads() // workers) if workers > 1 else 0
-    ctx = {"data_dir": str(data_dir), "scale": scale, "device": str(dev), "out": str(out), "seeds": seeds,
-           "progress": progress and workers == 1 and executor == "local", "threads": threads}
-    stages = build_stages(scale, seeds, ctx)
-
-    def write(results: dict[str, Any]) -> None:
-        atomic_write_json(out / "results.json", results)
-        atomic_write_bytes(out / "results.md", markdown(results).encode())
-        plots(results, out)
-
-    return run_reproduction(stages, run_stage, out,
-                            lambda records, wall: summarise(stages, records, scale, seeds, dev, wall), write, resume=resume, workers=workers, progress=progress, log=log, executor=executor,
-                            address=address)
+EXPERIMENT = Experiment(
+    name="cifar10", title="CIFAR-10 reproduction of paper sections 4 and 6", scales=SCALES,
+    check_data=lambda data_dir, sc: load_data_for(data_dir, sc, torch.device("cpu")),
+    stages=build_stages, run_stage=run_stage, summarise=summarise, markdown=markdown, plots=plots,
+    precision=MEMBER.precision, preface=preface,
+    configs=lambda sc: {"member": MEMBER, "distilled": DISTILLED, "distill": DISTILL})

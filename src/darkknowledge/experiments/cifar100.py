@@ -17,30 +17,26 @@ process pool (``--workers``) or as Ray tasks (``--executor ray``).
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 import time
 from dataclasses import dataclass, replace
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
 
-from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint
-from darkknowledge.config import DistillConfig, TrainConfig, build_configs, load_yaml
-from darkknowledge.data import apply_views, background_value, bank_codes, pad_for_jitter
-from darkknowledge.ensembles import load_split, member_task
-from darkknowledge.errors import DKError
-from darkknowledge.experiments.mnist import prepare_out
-from darkknowledge.experiments.report import check_run, fmt_measured, run_reproduction, git_commit, hardware, mean_std, save_figure, stage_table
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage
 from darkknowledge import specialists as sp
-from darkknowledge.teachers import Teacher, predict_logits
-from darkknowledge.training import SoftTargets, resolve_device, resolve_precision
-from darkknowledge.workflows import fit_and_evaluate
+from darkknowledge.checkpoint import load_checkpoint
+from darkknowledge.config import (ClusterConfig, DistillConfig, SpecialistConfig, TrainConfig, TransferConfig,
+                                  packaged_recipe)
+from darkknowledge.data import load_split
+from darkknowledge.device import resolve_device
+from darkknowledge.ensembles import MemberTask, member_task
+from darkknowledge.errors import DKError
+from darkknowledge.evaluation import predict_logits
+from darkknowledge.experiments.report import Experiment, values_row
+from darkknowledge.experiments.runner import DONE, FAILED, Stage
+from darkknowledge.workflows import distill, student_bank
 
 # The paper's table 4 (speech, 61 specialists): relative frame-accuracy gain by how many specialists
 # cover the true class; and section 5.4's overall gain. Other data and nets: the shape (gain rising with
@@ -84,14 +80,9 @@ SCALES: dict[str, Scale] = {
 EVALS = 3  # test evaluations per generalist / student run
 
 
-def _recipe(name: str, classes: tuple[type, ...] = (TrainConfig,)) -> dict[type, Any]:
-    path = Path(str(files("darkknowledge.recipes.cifar100") / f"{name}.yaml"))
-    return build_configs(classes, load_yaml(path), f"recipe {path.name}")
-
-
-GENERALIST = _recipe("generalist")[TrainConfig]
-SPECIALIST = _recipe("specialist")[TrainConfig]
-_distilled = _recipe("distilled", (TrainConfig, DistillConfig))
+GENERALIST = packaged_recipe("cifar100", "generalist")[TrainConfig]
+SPECIALIST = packaged_recipe("cifar100", "specialist")[TrainConfig]
+_distilled = packaged_recipe("cifar100", "distilled", (TrainConfig, DistillConfig))
 DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
 
 
@@ -107,10 +98,15 @@ def _split(data_dir: str, sc: Scale):
     return load_split(source(data_dir), sc.val_size, sc.train_limit)
 
 
+def _check_data(data_dir: str, sc: Scale) -> None:
+    data, _ = _split(data_dir, sc)
+    if data.num_classes != 100:
+        raise DKError(f"{data_dir} does not hold CIFAR-100 ({data.num_classes} classes)")
+
+
 # ---- stages ---------------------------------------------------------------------------------------------
 
-def build_stages(scale_name: str, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
-    sc = SCALES[scale_name]
+def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     n = (sc.train_limit or 50_000) - sc.val_size
     spec_cost = sc.specialist_epochs * 2 * (n * sc.max_classes * 0.8 / 100) / 1e5
     stages = []
@@ -124,20 +120,15 @@ def build_stages(scale_name: str, seeds: int, ctx: dict[str, Any]) -> list[Stage
             names = tuple(f"specialist{tag}/s{s}/m{j}" for j in range(sc.specialists))
             stages += [Stage(name, "specialist", {**p, "m": j, "variant": variant}, (c,), spec_cost)
                        for j, name in enumerate(names)]
-            stages.append(Stage(f"combine{tag}/s{s}", "combine", {**p, "variant": variant}, names,
-                                0.05 + (sc.views * n / 3e5 if variant == "hard" and sc.distill_epochs else 0)))
+            stages.append(Stage(f"combine{tag}/s{s}", "combine", {**p, "variant": variant}, (g,) + names, 0.05))
         if sc.distill_epochs:
             stages.append(Stage(f"distilled-back/s{s}", "distilled_back", p, (f"combine/s{s}",),
-                                sc.distill_epochs * n / 1e5))
+                                sc.distill_epochs * n / 1e5 + sc.views * n / 3e5))
     return stages
 
 
 def _generalist_dir(out: Path, seed: int) -> Path:
     return out / "generalists" / f"generalist{seed}"
-
-
-def _clusters_path(out: Path, seed: int) -> Path:
-    return out / "clusters" / f"s{seed}.json"
 
 
 def _specialist_dir(out: Path, seed: int, m: int, variant: str) -> Path:
@@ -148,94 +139,74 @@ def _probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(predict_logits(model, x), -1)
 
 
-def run_stage(stage: Stage) -> dict[str, Any]:
+def _specialist_results(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The specialist stages' results among ``inputs``, in specialist order (m0, m1, ...)."""
+    names = [k for k in inputs if k.startswith("specialist")]
+    return [inputs[k] for k in sorted(names, key=lambda k: int(k.rsplit("/m", 1)[1]))]
+
+
+def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Execute one stage (in this process or a worker); ``inputs`` are the results of its dependencies."""
     p = stage.params
-    if p.get("threads"):
-        torch.set_num_threads(p["threads"])
-    sc, device, progress, out, seed = SCALES[p["scale"]], p["device"], p["progress"], Path(p["out"]), p["seed"]
+    sc, device, progress, out, seed = p["scale"], p["device"], p["progress"], Path(p["out"]), p["seed"]
     dev = resolve_device(device)
     data, (x_val, y_val) = _split(p["data_dir"], sc)
-    gen_dir = _generalist_dir(out, seed)
     if stage.kind == "generalist":
-        task = {"data": source(p["data_dir"]), "name": f"generalist{seed}", "progress": progress,
-                "val_size": sc.val_size, "limit": sc.train_limit, "out": str(gen_dir),
-                "config": dataclasses.asdict(_scaled(GENERALIST, sc, sc.generalist_epochs, seed, device))}
+        task = MemberTask(source(p["data_dir"]), _scaled(GENERALIST, sc, sc.generalist_epochs, seed, device),
+                          str(_generalist_dir(out, seed)), f"generalist{seed}", sc.val_size, sc.train_limit, progress)
         result = member_task(task)
-        model, _, _ = load_checkpoint(gen_dir, device=dev)
+        model, _, _ = load_checkpoint(task.out, device=dev)
         val = _probs(model, x_val.to(dev))
         result["val_accuracy"] = float((val.argmax(1).cpu() == y_val).float().mean())
         return result
     if stage.kind == "cluster":
-        return _cluster(out, seed, sc, data, x_val, y_val, dev)
+        generalist = inputs[f"generalist/s{seed}"]["out"]
+        model, _, _ = load_checkpoint(generalist, device=dev)
+        clusters = sp.cluster_from_generalist(model, x_val.to(dev), ClusterConfig(sc.specialists, sc.max_classes,
+                                                                                  cluster_seed=seed))
+        result: dict[str, Any] = {"subsets": clusters.subsets, "coverage": clusters.coverage_counts(),
+                                  "generalist": generalist}
+        if data.coarse_of_class:  # the check that clusters group confusable classes: CIFAR-100's 20 superclasses
+            result.update(sp.superclass_agreement(clusters, data.coarse_of_class, seed=seed))
+        sp.save_clusters(out / "clusters" / f"s{seed}.json", clusters.subsets, data.num_classes, data.class_names,
+                         {k: v for k, v in result.items() if k not in ("subsets", "generalist")})
+        np.save(out / "clusters" / f"s{seed}-covariance.npy", clusters.covariance)
+        if seed == 0:
+            sp.plot_clusters(clusters, out / "clusters.png")
+        return result
     if stage.kind == "specialist":
-        subsets, _ = sp.load_clusters(_clusters_path(out, seed))
-        cfg = _scaled(SPECIALIST, sc, sc.specialist_epochs, seed * 1000 + p["m"], device)
+        cluster = inputs[f"cluster/s{seed}"]
         soft = p["variant"] == "soft"
-        task = {"data": source(p["data_dir"]), "val_size": sc.val_size, "limit": sc.train_limit,
-                "generalist": str(gen_dir), "subset": subsets[p["m"]], "name": stage.name,
-                "out": str(_specialist_dir(out, seed, p["m"], p["variant"])), "config": dataclasses.asdict(cfg),
-                "soft_weight": sc.soft_weight if soft else 0.0, "temperature": sc.soft_temperature,
-                "views": sc.views, "cache_dir": str(out / "cache"), "progress": progress}
+        task = sp.SpecialistTask(
+            source(p["data_dir"]), cluster["generalist"], tuple(cluster["subsets"][p["m"]]), stage.name,
+            str(_specialist_dir(out, seed, p["m"], p["variant"])),
+            _scaled(SPECIALIST, sc, sc.specialist_epochs, seed * 1000 + p["m"], device),
+            SpecialistConfig(sc.soft_weight if soft else 0.0, sc.soft_temperature, sc.views),
+            sc.val_size, sc.train_limit, str(out / "cache"), progress)
         return sp.specialist_task(task)
     if stage.kind == "combine":
-        return _combine(out, seed, sc, data, x_val, y_val, p["variant"], dev)
-    if stage.kind == "distilled_back":
-        targets = load_file(out / "targets" / f"s{seed}.safetensors")
-        codes = targets["codes"].to(dev)
-        dcfg = DISTILL
-        q = targets["combined"].to(dev)  # [V * N, C] combined distribution at T = 1
-        soft = torch.softmax(q.clamp_min(1e-30).log() / dcfg.temperature, -1)
-        y = data.y_train.to(dev)
-        objective = SoftTargets(soft, y.repeat(len(codes)), dcfg, bank_codes=codes)
+        return _combine(inputs[f"generalist/s{seed}"]["out"], [r["out"] for r in _specialist_results(inputs)], sc,
+                        data, x_val, y_val, p["variant"], dev)
+    if stage.kind == "distilled_back":  # an ordinary distillation, from the combination as the teacher
+        combined = inputs[f"combine/s{seed}"]
+        teacher = sp.CombinedTeacher.from_checkpoints(combined["generalist"], combined["specialist_checkpoints"],
+                                                      combined["top_n"], device=dev, cache_dir=out / "cache")
         cfg = _scaled(DISTILLED, sc, sc.distill_epochs, seed, device)
-        r = fit_and_evaluate(stage.name, data, data.x_train, objective, cfg, out / "models" / f"distilled-back-s{seed}",
-                             resume=True, progress=progress, meta={"distill_config": dataclasses.asdict(dcfg),
-                                                                    "targets_sha": targets_digest(targets)})
+        r = distill(stage.name, data, teacher, cfg, DISTILL, TransferConfig(view_bank=sc.views),
+                    out=out / "models" / f"distilled-back-s{seed}", resume=True, progress=progress)
+        _, bank = student_bank(data.x_train, cfg, TransferConfig(view_bank=sc.views))
+        q = teacher.bank_probs(data.x_train.to(dev), bank)  # cached: what the student learnt from
         return {"test_errors": r.test["errors"], "test_size": r.test["test_size"], "accuracy": r.test["accuracy"],
-                "epochs": len(r.history), "seconds": round(r.seconds, 2), "temperature": dcfg.temperature,
-                "views": len(codes)}
+                "epochs": len(r.history), "seconds": round(r.seconds, 2), "temperature": DISTILL.temperature,
+                "views": sc.views, "targets_seconds": round(teacher.cache.compute_seconds, 2),
+                "train_combined_accuracy": float((q.argmax(1).cpu() == data.y_train.repeat(sc.views)).float().mean())}
     raise DKError(f"unknown stage kind {stage.kind!r}")
 
 
-def targets_digest(targets: dict[str, torch.Tensor]) -> str:
-    from darkknowledge.teachers import tensor_digest
-
-    return tensor_digest(targets["combined"], targets["codes"])
-
-
-def _cluster(out: Path, seed: int, sc: Scale, data, x_val, y_val, dev) -> dict[str, Any]:
-    from sklearn.cluster import MiniBatchKMeans
-    from sklearn.metrics import adjusted_rand_score
-
-    model, _, _ = load_checkpoint(_generalist_dir(out, seed), device=dev)
-    probs = _probs(model, x_val.to(dev)).cpu()
-    cov = sp.prediction_covariance(probs)
-    subsets = sp.cluster_classes(cov, sc.specialists, sc.max_classes, seed=seed)
-    c = data.num_classes
-    result: dict[str, Any] = {"subsets": subsets, "coverage": np.bincount(sp.coverage(subsets, c)).tolist()}
-    if data.coarse_of_class:  # the check that clusters group confusable classes: CIFAR-100's 20 superclasses
-        coarse = np.array(data.coarse_of_class)
-        k = len(set(coarse.tolist()))
-        labels = MiniBatchKMeans(k, random_state=seed, n_init=10, batch_size=256).fit_predict(sp._correlation(cov))
-        same = [coarse[a] == coarse[b] for s in subsets for i, a in enumerate(s) for b in s[i + 1:]]
-        chance = sum((coarse == g).sum() * ((coarse == g).sum() - 1) for g in range(k)) / (c * (c - 1))
-        result.update(ari_superclasses=float(adjusted_rand_score(coarse, labels)), partition_clusters=k,
-                      same_superclass_pairs=float(np.mean(same)), same_superclass_chance=float(chance))
-    sp.save_clusters(_clusters_path(out, seed), subsets, c, data.class_names,
-                     {k: v for k, v in result.items() if k not in ("subsets",)})
-    np.save(out / "clusters" / f"s{seed}-covariance.npy", cov)
-    if seed == 0:
-        plot_clusters(cov, subsets, out / "clusters.png", data.class_names)
-    return result
-
-
-def _specialists(out: Path, seed: int, sc: Scale, variant: str, dev) -> list[tuple]:
-    return [sp.load_specialist(_specialist_dir(out, seed, m, variant), device=dev) for m in range(sc.specialists)]
-
-
-def _combine(out: Path, seed: int, sc: Scale, data, x_val, y_val, variant: str, dev) -> dict[str, Any]:
-    gen, gmeta, _ = load_checkpoint(_generalist_dir(out, seed), device=dev)
-    specs = _specialists(out, seed, sc, variant, dev)
+def _combine(generalist: str, specialists: list[str], sc: Scale, data, x_val, y_val, variant: str,
+             dev) -> dict[str, Any]:
+    gen, _, _ = load_checkpoint(generalist, device=dev)
+    specs = [sp.load_specialist(d, device=dev) for d in specialists]
     subsets = [s for _, s, _ in specs]
     # top_n (how many of the generalist's classes wake specialists) chosen on the validation split.
     x_val, y_val = x_val.to(dev), y_val.to(dev)
@@ -258,27 +229,8 @@ def _combine(out: Path, seed: int, sc: Scale, data, x_val, y_val, variant: str, 
                   combine_examples_per_second=round(len(x_test) / combine_seconds, 1),
                   combine_iterations=iterations, inference_seconds=round(infer, 2),
                   specialists=len(specs), top_n=top_n, val_accuracy_by_top_n={str(k): v for k, v in val_acc.items()},
-                  val_generalist_accuracy=float((pv.argmax(1) == y_val).float().mean()))
-    if variant == "hard" and sc.distill_epochs:  # the distilled-back student's targets, on a bank of views
-        t0 = time.perf_counter()
-        x = data.x_train.to(dev)
-        codes = bank_codes(len(x), sc.views, DISTILLED.jitter, DISTILLED.flip)
-        teacher = Teacher([gen], archs=[gmeta["arch"]], cache_dir=out / "cache")
-        glogits = teacher.bank_logits(x, codes, DISTILLED.jitter, DISTILLED.flip, background_value(x))[0]
-        padded = pad_for_jitter(x, DISTILLED.jitter, background_value(x))
-        combined = []
-        for v in range(len(codes)):
-            idx = torch.arange(len(x), device=dev)
-            views = apply_views(padded, idx, codes[v].to(dev), DISTILLED.jitter, DISTILLED.flip)
-            qv, _ = sp.combined_probs(torch.softmax(glogits[v], -1), specs, views, top_n)
-            combined.append(qv.float())
-        combined = torch.cat(combined)
-        blob = {"combined": combined.cpu().contiguous(), "codes": codes.cpu().contiguous()}
-        (out / "targets").mkdir(exist_ok=True)
-        atomic_write_bytes(out / "targets" / f"s{seed}.safetensors", save(blob))
-        result["targets_seconds"] = round(time.perf_counter() - t0, 2)
-        result["train_combined_accuracy"] = float((combined.argmax(1).cpu() ==
-                                                   data.y_train.repeat(len(codes))).float().mean())
+                  val_generalist_accuracy=float((pv.argmax(1) == y_val).float().mean()),
+                  generalist=generalist, specialist_checkpoints=specialists)
     return result
 
 
@@ -286,22 +238,12 @@ def _combine(out: Path, seed: int, sc: Scale, data, x_val, y_val, variant: str, 
 
 def _row(experiment: str, metric: str, paper: float | None, values: list[float], expected: int,
          seconds: float | None = None, note: str = "", failed: dict[str, str] | None = None) -> dict[str, Any]:
-    mean, std = mean_std(values)
-    status = FAILED if failed else DONE if len(values) == expected else "partial" if values else PENDING
-    row = {"experiment": experiment, "metric": metric, "paper": paper,
-           "mean": round(mean, 3) if values else None, "std": round(std, 3) if values else None,
-           "seeds": len(values), "values": [round(v, 4) for v in values], "status": status,
-           "seconds": round(seconds, 2) if seconds is not None else None}
-    if note:
-        row["note"] = note
-    if failed:
-        row["errors"] = failed
-    return row
+    return values_row(experiment, metric, paper, values, expected, seconds=seconds, note=note, failed=failed,
+                      digits=4)
 
 
-def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_name: str, seeds: int,
-              device: torch.device, wall_seconds: float) -> dict[str, Any]:
-    sc = SCALES[scale_name]
+def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale, seeds: int) -> dict[str, Any]:
+    """The CIFAR-100 part of ``results.json`` (see ``experiments.report``) from the stage records so far."""
     done = {s.name: records[s.name]["result"] for s in stages if records[s.name]["status"] == DONE}
     errors = {s.name: records[s.name]["error"] for s in stages if records[s.name]["status"] == FAILED}
     secs = {s.name: records[s.name].get("seconds", 0.0) for s in stages}
@@ -365,7 +307,7 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_nam
         rows.append(_row("soft_targets_for_specialists_gain_points", "accuracy_points", None, diffs, len(soft),
                          note="section 6.1: combined accuracy with specialists trained with the generalist's soft "
                               "targets minus without"))
-    clusters = {f"s{s}": {k: v for k, v in done[f"cluster/s{s}"].items()}
+    clusters = {f"s{s}": {k: v for k, v in done[f"cluster/s{s}"].items() if k != "generalist"}
                 for s in range(seeds) if f"cluster/s{s}" in done}
     ari = [v["ari_superclasses"] for v in clusters.values() if "ari_superclasses" in v]
     if ari:
@@ -376,38 +318,24 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_nam
     if speed:
         rows.append(_row("combine_examples_per_second", "examples_per_second", None, speed, seeds,
                          note=f"specialists.combine on the test set, {sc.specialists} specialists, 100 classes"))
-    stage_rows = stage_table(stages, records)
-    return {"experiment": "cifar100", "hardware": hardware(device), "commit": git_commit(), "scale": scale_name,
-            "scale_config": dataclasses.asdict(sc), "device": str(device), "torch": torch.__version__,
-            "precision": resolve_precision(GENERALIST.precision, device), "seeds": list(range(seeds)),
-            "wall_seconds": round(wall_seconds, 1), "total_seconds": round(sum(r["seconds"] for r in stage_rows), 1),
-            "stages_done": sum(r["status"] == DONE for r in stage_rows), "stages_total": len(stage_rows),
-            "rows": rows, "table4": table4, "soft_targets_option": soft, "clusters": clusters,
+    return {"rows": rows, "table4": table4, "soft_targets_option": soft, "clusters": clusters,
             "combine": {s: {k: done[s][k] for k in ("combine_examples_per_second", "combine_iterations",
                                                      "active_per_example", "inference_seconds", "specialists",
                                                      "top_n") if k in done[s]}
-                        for s in done if s.startswith("combine")},
-            "stages": stage_rows,
-            "configs": {"generalist": dataclasses.asdict(GENERALIST), "specialist": dataclasses.asdict(SPECIALIST),
-                        "distilled": dataclasses.asdict(DISTILLED), "distill": dataclasses.asdict(DISTILL)}}
+                        for s in done if s.startswith("combine")}}
 
 
-def markdown(results: dict[str, Any]) -> str:
+def preface(results: dict[str, Any]) -> list[str]:
     sc = results["scale_config"]
-    lines = [f"# CIFAR-100 reproduction of paper section 5: specialists ({results['scale']} scale)", "",
-             f"Hardware: {results['hardware']}; precision {results['precision']}; seeds {results['seeds']}; "
-             f"commit {results['commit'][:12]}; {results['stages_done']}/{results['stages_total']} stages done, "
-             f"{results['total_seconds']:.0f} s of stages, {results['wall_seconds']:.0f} s wall. "
-             f"{sc['arch']} generalist ({sc['generalist_epochs']} epochs), {sc['specialists']} specialists of at most "
-             f"{sc['max_classes']} classes ({sc['specialist_epochs']} epochs each), top_n chosen on validation among "
-             f"{sc['top_n']}.", "",
-             "The paper's column is its speech numbers (JFT/speech frames): other data and nets.", "",
-             "| experiment | metric | paper | measured (mean ± std) | per seed | seconds |", "|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        per_seed = ", ".join(f"{v:.4g}" for v in r["values"])
-        paper = "" if r["paper"] is None else r["paper"]
-        lines.append(f"| {r['experiment']} | {r['metric']} | {paper} | {fmt_measured(r)} | {per_seed} | "
-                     f"{r['seconds'] if r['seconds'] is not None else ''} |")
+    return [f"{sc['arch']} generalist ({sc['generalist_epochs']} epochs), {sc['specialists']} specialists of at most "
+            f"{sc['max_classes']} classes ({sc['specialist_epochs']} epochs each), top_n chosen on validation among "
+            f"{sc['top_n']}.", "",
+            "The paper's column is its speech numbers (JFT/speech frames): other data and nets.", ""]
+
+
+def markdown(results: dict[str, Any]) -> list[str]:
+    """The sections after the rows: table 4, the clusters, the section-6.1 option, timings, the combination."""
+    lines: list[str] = []
     if results["table4"]:
         lines += ["", "Table 4 (as the paper's): test examples by how many specialists cover their true class, "
                   "pooled over seeds (each seed has its own clusters).", "",
@@ -442,70 +370,12 @@ def markdown(results: dict[str, Any]) -> str:
                   f"example at top_n {c['top_n']}."]
         break
     lines += ["", "Plot: `clusters.png`, the generalist's prediction correlations reordered by specialist subset (seed 0)."]
-    failed = [s for s in results["stages"] if s["status"] == FAILED]
-    if failed:
-        lines += ["", "Failed stages:", ""] + [f"- `{s['stage']}`: {s['error']}" for s in failed]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def plot_clusters(cov: np.ndarray, subsets: list[list[int]], path: Path, names=()) -> Path:
-    """The covariance matrix (as correlations) with classes reordered so that each subset is contiguous."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order: list[int] = []
-    for s in subsets:
-        order += [k for k in s if k not in order]
-    order += [k for k in range(len(cov)) if k not in order]
-    corr = sp._correlation(cov)[np.ix_(order, order)]
-    fig, ax = plt.subplots(figsize=(7.5, 7))
-    im = ax.imshow(corr, cmap="RdBu_r", vmin=-0.3, vmax=0.3)
-    start = 0
-    seen: set[int] = set()
-    for s in subsets:
-        new = [k for k in s if k not in seen]
-        seen.update(s)
-        if new:
-            ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(new), len(new), fill=False, lw=1, ec="k"))
-            start += len(new)
-    ax.set(title="Generalist's prediction correlations on the validation split,\n"
-                 "classes reordered by specialist subset (boxes)", xlabel="class", ylabel="class")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return save_figure(fig, path)
-
-
-MANIFEST = "reproduction.json"
-
-
-def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds: int | None = None,
-              device: str = "cpu", progress: bool = True, workers: int = 1, resume: bool = False,
-              overwrite: bool = False, executor: str = "local", address: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every CIFAR-100 stage; ``results.json`` and ``results.md`` are rewritten after each."""
-    sc, seeds = check_run(SCALES, scale, seeds, workers)
-    dev = resolve_device(device)
-    data, _ = _split(str(data_dir), sc)  # fail fast on bad data, before anything is written
-    if data.num_classes != 100:
-        raise DKError(f"{data_dir} does not hold CIFAR-100 ({data.num_classes} classes)")
-    out = Path(out)
-    prepare_out(out, scale, resume, overwrite)
-    if not resume:
-        for sub in ("generalists", "specialists", "clusters", "targets"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    (out / "clusters").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / MANIFEST, {"scale": scale, "seeds": seeds, "data_dir": str(data_dir),
-                                       "device": str(dev), "commit": git_commit(), "executor": executor})
-    threads = max(1, torch.get_num_threads() // workers) if workers > 1 else 0
-    ctx = {"data_dir": str(data_dir), "scale": scale, "device": str(dev), "out": str(out),
-           "progress": progress and workers == 1 and executor == "local", "threads": threads}
-    stages = build_stages(scale, seeds, ctx)
-
-    def write(results: dict[str, Any]) -> None:
-        atomic_write_json(out / "results.json", results)
-        atomic_write_bytes(out / "results.md", markdown(results).encode())
-
-    return run_reproduction(stages, run_stage, out,
-                            lambda records, wall: summarise(stages, records, scale, seeds, dev, wall), write, resume=resume, workers=workers, progress=progress, log=log, executor=executor,
-                            address=address)
+EXPERIMENT = Experiment(
+    name="cifar100", title="CIFAR-100 reproduction of paper section 5: specialists", scales=SCALES,
+    check_data=_check_data, stages=build_stages, run_stage=run_stage, summarise=summarise, markdown=markdown,
+    plots=lambda results, out: [], precision=GENERALIST.precision, preface=preface,
+    configs=lambda sc: {"generalist": GENERALIST, "specialist": SPECIALIST, "distilled": DISTILLED,
+                        "distill": DISTILL})

@@ -14,36 +14,21 @@ failed, with its error), checkpointed every epoch, resumable with ``--resume``; 
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
-import time
 from dataclasses import dataclass, replace
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
-from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, build_configs, load_yaml
-from darkknowledge.data import Dataset, drop_classes, keep_classes, load_mnist, split_validation
+from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, packaged_recipe
+from darkknowledge.data import Dataset, load_mnist
+from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
-from darkknowledge.evaluation import bias_vector, errors_from_logits, fit_bias_offset
-from darkknowledge.experiments.report import (
-    check_run,
-    fmt_measured,
-    git_commit,
-    hardware,
-    save_figure,
-    seed_row,
-    stage_table,
-)
-from darkknowledge.experiments.runner import DONE, Stage, read_records, run_stages
+from darkknowledge.experiments.report import Experiment, fmt_measured, save_figure, seed_row
+from darkknowledge.experiments.runner import DONE, Stage
 from darkknowledge.models import build_model
-from darkknowledge.teachers import Teacher, predict_logits
-from darkknowledge.training import resolve_device, resolve_precision
-from darkknowledge.workflows import Result, distill, match_logits, train
+from darkknowledge.teachers import Teacher
+from darkknowledge.workflows import Result, distill, distill_with_bias_fix, match_logits, train
 
 # The paper's numbers (section 3). Errors are out of the 10,000 test images; the 7s-and-8s rows in percent.
 PAPER: dict[str, tuple[str, float]] = {
@@ -118,15 +103,9 @@ SCALES: dict[str, Scale] = {
 }
 
 
-def load_recipe(name: str, classes: tuple[type, ...] = (TrainConfig,)) -> dict[type, Any]:
-    """A packaged recipe ``darkknowledge/recipes/mnist/NAME.yaml``, validated like any user recipe."""
-    path = Path(str(files("darkknowledge.recipes.mnist") / f"{name}.yaml"))
-    return build_configs(classes, load_yaml(path), f"recipe {path.name}")
-
-
-TEACHER = load_recipe("teacher")[TrainConfig]
-STUDENT = load_recipe("student")[TrainConfig]
-_distilled = load_recipe("distilled", (TrainConfig, DistillConfig))
+TEACHER = packaged_recipe("mnist", "teacher")[TrainConfig]
+STUDENT = packaged_recipe("mnist", "student")[TrainConfig]
+_distilled = packaged_recipe("mnist", "distilled", (TrainConfig, DistillConfig))
 DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
 
 
@@ -164,9 +143,8 @@ def _cost(arch: str, epochs: int, examples: int) -> float:
     return epochs * examples * weights / 1e12
 
 
-def build_stages(scale_name: str, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
+def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     """Every stage of the reproduction: seed by seed (the headline table first), then the sweep."""
-    sc = SCALES[scale_name]
     n = sc.train_limit or 60_000
     stages = []
     for s in range(seeds):
@@ -193,48 +171,33 @@ def build_stages(scale_name: str, seeds: int, ctx: dict[str, Any]) -> list[Stage
     return stages
 
 
+
+
 def _summary(r: Result) -> dict[str, Any]:
     return {"test_errors": r.test["errors"], "test_size": r.test["test_size"],
             "per_class_errors": r.test["per_class_errors"], "transfer_size": r.transfer_size,
             "epochs": len(r.history), "loss_max": max((h["loss_max"] for h in r.history), default=None),
-            "curve": [(h["epoch"], h["test_errors"]) for h in r.history if "test_errors" in h]}
+            "curve": [(h["epoch"], h["test_errors"]) for h in r.history if "test_errors" in h],
+            "checkpoint": str(r.checkpoint)}
 
 
-def _bias_experiment(name: str, data: Dataset, teacher: Teacher, cfg: TrainConfig, classes: tuple[int, ...],
-                     keep: bool, scale: Scale, checkpoint: Path, progress: bool) -> dict[str, Any]:
-    """Distil on a transfer set without (or with only) ``classes``; fit their bias offset on validation."""
-    x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, scale.val_size, seed=cfg.seed)
-    transfer = (keep_classes if keep else drop_classes)(x_rest, y_rest, list(classes))
-    result = distill(name, data, teacher, cfg, DISTILL, transfer=transfer, out=checkpoint, resume=True,
-                     progress=progress)
-    device = resolve_device(cfg.device)
-    test_logits = predict_logits(result.model, data.x_test.to(device))
-    y_test = data.y_test.to(device)
-    offset, _ = fit_bias_offset(predict_logits(result.model, x_val.to(device)), y_val.to(device), classes)
-    test_optimal, _ = fit_bias_offset(test_logits, y_test, classes)
-    fixed = errors_from_logits(test_logits + bias_vector({c: offset for c in classes}, data.num_classes, device),
-                               y_test, data.num_classes)
-    return {**_summary(result), "offset": offset, "test_optimal_offset": test_optimal,
-            "fixed_errors": fixed["errors"], "fixed_per_class_errors": fixed["per_class_errors"]}
-
-
-def run_stage(stage: Stage) -> dict[str, Any]:
-    """Execute one stage (in this process or a worker); its checkpoint lives under ``out``."""
+def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Execute one stage (in this process or a worker); ``inputs`` are the results of its dependencies."""
     p = stage.params
-    if p.get("threads"):
-        torch.set_num_threads(p["threads"])
-    sc, device, seed, progress = SCALES[p["scale"]], p["device"], p["seed"], p["progress"]
+    sc, device, seed, progress = p["scale"], p["device"], p["seed"], p["progress"]
     out = Path(p["out"])
     data = load_data_for(p["data_dir"], sc, resolve_device(device))
     ckpt = out / "models" / stage.name.replace("/", "__")
-    teacher_dir = out / "teachers" / f"seed{seed}"
     if stage.kind == "teacher":
         cfg = scaled(teacher_recipe(sc), sc, sc.teacher_epochs, seed, device)
-        return _summary(train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress))
+        return _summary(train("teacher", data, cfg, out=out / "teachers" / f"seed{seed}", resume=True,
+                              progress=progress))
     if stage.kind == "student":
         cfg = scaled(STUDENT, sc, sc.student_epochs, seed, device)
         return _summary(train("student", data, cfg, out=ckpt, resume=True, progress=progress))
-    teacher = Teacher.from_checkpoints([teacher_dir], device=resolve_device(device), cache_dir=out / "cache")
+    (teacher_result,) = inputs.values()
+    teacher = Teacher.from_checkpoints([teacher_result["checkpoint"]], device=resolve_device(device),
+                                       cache_dir=out / "cache")
     cfg = scaled(DISTILLED, sc, sc.student_epochs, seed, device)
     if stage.kind == "distilled":
         return _summary(distill("distilled", data, teacher, cfg, DISTILL, out=ckpt, resume=True, progress=progress))
@@ -242,10 +205,11 @@ def run_stage(stage: Stage) -> dict[str, Any]:
         k = teacher_recipe(sc).jitter
         return _summary(distill(stage.name, data, teacher, cfg, DISTILL, TransferConfig(jitter_views=k), out=ckpt,
                                 resume=True, progress=progress))
-    if stage.kind == "omit3":
-        return _bias_experiment("omit3", data, teacher, cfg, (3,), False, sc, ckpt, progress)
-    if stage.kind == "only78":
-        return _bias_experiment("only78", data, teacher, cfg, (7, 8), True, sc, ckpt, progress)
+    if stage.kind in ("omit3", "only78"):
+        classes, only = ((3,), False) if stage.kind == "omit3" else ((7, 8), True)
+        r, fix = distill_with_bias_fix(stage.kind, data, teacher, cfg, DISTILL, classes, only=only,
+                                       val_size=sc.val_size, out=ckpt, resume=True, progress=progress)
+        return {**_summary(r), **fix}
     cfg = scaled(DISTILLED, sc, sc.sweep_epochs, seed, device)
     if stage.kind == "sweep":
         cfg = replace(cfg, arch=SWEEP_WIDTHS_ARCH[p["width"]])
@@ -264,9 +228,8 @@ def run_stage(stage: Stage) -> dict[str, Any]:
 
 # ---- results ------------------------------------------------------------------------------------------
 
-def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_name: str, seeds: int,
-              device: torch.device, wall_seconds: float) -> dict[str, Any]:
-    """The ``results.json`` contract (see ``experiments.report``) from the stage records so far."""
+def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale, seeds: int) -> dict[str, Any]:
+    """The MNIST part of ``results.json`` (see ``experiments.report``) from the stage records so far."""
     by_kind: dict[str, list[Stage]] = {}
     for s in stages:
         by_kind.setdefault(s.kind, []).append(s)
@@ -288,31 +251,13 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], scale_nam
              for s in by_kind.get("sweep", []) if s.name in done]
     matching = [{k: done[s.name][k] for k in ("method", "temperature", "test_errors")}
                 for s in by_kind.get("match_logits", []) + by_kind.get("match_soft", []) if s.name in done]
-    sc = SCALES[scale_name]
-    stage_rows = stage_table(stages, records)
-    return {"hardware": hardware(device), "commit": git_commit(), "scale": scale_name,
-            "scale_config": dataclasses.asdict(sc), "device": str(device), "torch": torch.__version__,
-            "precision": resolve_precision(TEACHER.precision, device), "seeds": list(range(seeds)),
-            "wall_seconds": round(wall_seconds, 1),
-            "total_seconds": round(sum(r["seconds"] for r in stage_rows), 1),
-            "stages_done": sum(r["status"] == DONE for r in stage_rows), "stages_total": len(stage_rows),
-            "rows": rows, "beyond_paper_rows": beyond, "bias_offsets": offsets, "sweep": sweep, "logit_matching": matching,
-            "per_class_errors": per_class, "stages": stage_rows,
-            "configs": {"teacher": dataclasses.asdict(teacher_recipe(sc)), "student": dataclasses.asdict(STUDENT),
-                        "distilled": dataclasses.asdict(DISTILLED), "distill": dataclasses.asdict(DISTILL)}}
+    return {"rows": rows, "beyond_paper_rows": beyond, "bias_offsets": offsets, "sweep": sweep,
+            "logit_matching": matching, "per_class_errors": per_class}
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """Paper vs measured, as a Markdown document."""
-    lines = [f"# MNIST reproduction ({results['scale']} scale)", "",
-             f"Hardware: {results['hardware']}; precision {results['precision']}; seeds {results['seeds']}; "
-             f"commit {results['commit'][:12]}; {results['stages_done']}/{results['stages_total']} stages done, "
-             f"{results['total_seconds']:.0f} s of training stages.", "",
-             "| experiment | metric | paper | measured (mean ± std) | per seed | seconds |", "|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        per_seed = ", ".join(f"{v:.4g}" for v in r["values"])
-        lines.append(f"| {r['experiment']} | {r['metric']} | {r['paper']} | {fmt_measured(r)} | {per_seed} | "
-                     f"{r['seconds'] if r['seconds'] is not None else ''} |")
+def markdown(results: dict[str, Any]) -> list[str]:
+    """The sections after the paper-vs-measured rows: beyond-the-paper rows, bias offsets, sweep, matching."""
+    lines: list[str] = []
     if results.get("beyond_paper_rows"):
         faithful = {r["experiment"]: r for r in results["rows"]}
         lines += ["", "Beyond the paper (extra rows; the faithful rows above are the ones that count):", "",
@@ -338,10 +283,7 @@ def markdown(results: dict[str, Any]) -> str:
         for m in results["logit_matching"]:
             lines.append(f"| {m['method']} | {m['temperature'] if m['temperature'] is not None else '-'} | "
                          f"{m['test_errors']} |")
-    failed = [s for s in results["stages"] if s["status"] == "failed"]
-    if failed:
-        lines += ["", "Failed stages:", ""] + [f"- `{s['stage']}`: {s['error']}" for s in failed]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -377,64 +319,11 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
-# ---- the command ------------------------------------------------------------------------------------
+# ---- the experiment -----------------------------------------------------------------------------------
 
-MANIFEST = "reproduction.json"
-
-
-def prepare_out(out: Path, scale: str, resume: bool, overwrite: bool) -> None:
-    """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same scale as before."""
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        previous = json.loads(manifest.read_text())
-        if resume:
-            if previous.get("scale") != scale:
-                raise DKError(f"cannot resume {out}: it is a {previous.get('scale')!r}-scale reproduction, "
-                              f"not {scale!r}")
-            return
-        if not overwrite:
-            raise DKError(f"{out} holds a previous reproduction; pass --resume to continue it, --overwrite to "
-                          "start over, or choose another --out")
-    elif resume and out.exists() and any(out.iterdir()):
-        raise DKError(f"cannot resume {out}: it holds no reproduction ({MANIFEST} not found)")
-    for sub in ("stages", "models", "teachers", "cache"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-
-
-def reproduce(data_dir: str | Path, out: str | Path, scale: str = "full", seeds: int | None = None, device: str = "cpu",
-              progress: bool = True, workers: int = 1, resume: bool = False, overwrite: bool = False,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every MNIST stage; ``results.json``, ``results.md`` and plots are rewritten after each.
-
-    With ``workers > 1`` stages whose dependencies are done run in that many processes at once.
-    """
-    sc, seeds = check_run(SCALES, scale, seeds, workers)
-    dev = resolve_device(device)
-    load_data_for(data_dir, sc, dev)  # fail fast on bad data, before anything is written
-    out = Path(out)
-    prepare_out(out, scale, resume, overwrite)
-    atomic_write_json(out / MANIFEST, {"scale": scale, "seeds": seeds, "data_dir": str(data_dir),
-                                       "device": str(dev), "commit": git_commit()})
-    threads = max(1, torch.get_num_threads() // workers) if workers > 1 else 0
-    ctx = {"data_dir": str(data_dir), "scale": scale, "device": str(dev), "out": str(out),
-           "progress": progress and workers == 1, "threads": threads}
-    stages = build_stages(scale, seeds, ctx)
-    t0 = time.perf_counter()
-
-    def report(records: dict[str, dict[str, Any]]) -> None:
-        results = summarise(stages, records, scale, seeds, dev, time.perf_counter() - t0)
-        results["workers"] = workers
-        atomic_write_json(out / "results.json", results)
-        atomic_write_bytes(out / "results.md", markdown(results).encode())
-        plots(results, out)
-
-    records = run_stages(stages, run_stage, out, report=report, resume=resume, workers=workers, progress=progress,
-                         log=log)
-    results = summarise(stages, records, scale, seeds, dev, time.perf_counter() - t0)
-    results["workers"] = workers
-    return results
-
-
-def previous_records(out: Path, scale: str, seeds: int) -> dict[str, dict[str, Any]]:
-    """The stage records of a reproduction in ``out`` (for inspection and tests)."""
-    return read_records(out, build_stages(scale, seeds, {}))
+EXPERIMENT = Experiment(
+    name="mnist", title="MNIST reproduction", scales=SCALES,
+    check_data=lambda data_dir, sc: load_data_for(data_dir, sc, torch.device("cpu")),
+    stages=build_stages, run_stage=run_stage, summarise=summarise, markdown=markdown, plots=plots,
+    precision=TEACHER.precision,
+    configs=lambda sc: {"teacher": teacher_recipe(sc), "student": STUDENT, "distilled": DISTILLED, "distill": DISTILL})

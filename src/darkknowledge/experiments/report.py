@@ -1,5 +1,9 @@
 """What every reproduction's results file shares: hardware, commit, paper-vs-measured rows, plots.
 
+``reproduce(experiment, ...)`` owns a reproduction's output directory (its manifest, ``results.json``,
+``results.md``, plots), the per-seed rows and the shared header; an ``Experiment`` brings its scales,
+stages and paper numbers.
+
 The results contract (``results.json``): ``hardware``, ``commit``, ``scale``, ``seeds``, ``rows`` of
 ``{experiment, metric, paper, mean, std, seeds, values, seconds, status}`` where ``status`` is
 ``done`` (every seed measured), ``partial`` (some seeds so far), ``failed`` (a seed's stage failed:
@@ -8,18 +12,25 @@ The results contract (``results.json``): ``hardware``, ``commit``, ``scale``, ``
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import platform
+import shutil
 import statistics
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from darkknowledge.checkpoint import atomic_write_bytes
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage
+from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
+from darkknowledge.device import DEFAULT_DEVICE, resolve_device, resolve_precision
+from darkknowledge.errors import DKError
+from darkknowledge.executors import open_executor
+from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, read_records, run_stages
 
 
 def git_commit() -> str:
@@ -52,21 +63,33 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def seed_row(experiment: str, metric: str, paper: float | None, stages: list[Stage],
-             records: dict[str, dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> dict[str, Any]:
-    """One results row over seeds: ``value(result)`` of each of ``stages`` (one per seed) that is done."""
-    recs = [records[s.name] for s in stages]
-    done = [r for r in recs if r["status"] == DONE]
-    values = [value(r["result"]) for r in done]
+def values_row(experiment: str, metric: str, paper: float | None, values: list[float], expected: int, *,
+               seconds: float | None = None, note: str = "", failed: dict[str, str] | None = None,
+               digits: int | None = None) -> dict[str, Any]:
+    """One results row from the ``values`` measured so far (one per seed; ``expected`` of them when done);
+    ``failed`` maps the stages that failed to their errors; ``digits`` rounds the values."""
     mean, std = mean_std(values)
-    failed = {s.name: records[s.name]["error"] for s in stages if records[s.name]["status"] == FAILED}
-    status = (FAILED if failed else DONE if len(done) == len(recs) else "partial" if done else PENDING)
+    status = FAILED if failed else DONE if len(values) == expected else "partial" if values else PENDING
     row = {"experiment": experiment, "metric": metric, "paper": paper, "mean": round(mean, 3) if values else None,
-           "std": round(std, 3) if values else None, "seeds": len(values), "values": values, "status": status,
-           "seconds": round(statistics.fmean(r["seconds"] for r in done), 2) if done else None}
+           "std": round(std, 3) if values else None, "seeds": len(values),
+           "values": values if digits is None else [round(v, digits) for v in values], "status": status,
+           "seconds": round(seconds, 2) if seconds is not None else None}
+    if note:
+        row["note"] = note
     if failed:
         row["errors"] = failed
     return row
+
+
+def seed_row(experiment: str, metric: str, paper: float | None, stages: list[Stage],
+             records: dict[str, dict[str, Any]], value: Callable[[dict[str, Any]], float], note: str = "",
+             digits: int | None = None) -> dict[str, Any]:
+    """One results row over seeds: ``value(result)`` of each of ``stages`` (one per seed) that is done."""
+    done = [records[s.name] for s in stages if records[s.name]["status"] == DONE]
+    failed = {s.name: records[s.name]["error"] for s in stages if records[s.name]["status"] == FAILED}
+    seconds = statistics.fmean(r["seconds"] for r in done) if done else None
+    return values_row(experiment, metric, paper, [value(r["result"]) for r in done], len(stages), seconds=seconds,
+                      note=note, failed=failed, digits=digits)
 
 
 def stage_table(stages: list[Stage], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -99,8 +122,6 @@ def save_figure(fig, path: Path) -> Path:
 
 def check_run(scales: dict[str, Any], scale: str, seeds: int | None, workers: int) -> tuple[Any, int]:
     """``(scales[scale], seeds or the scale's default)``; an unknown scale or a count < 1 is a DKError."""
-    from darkknowledge.errors import DKError
-
     if scale not in scales:
         raise DKError(f"unknown scale {scale!r}; allowed: {', '.join(scales)}")
     sc = scales[scale]
@@ -112,19 +133,136 @@ def check_run(scales: dict[str, Any], scale: str, seeds: int | None, workers: in
     return sc, seeds
 
 
-def run_reproduction(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], out: Path,
-                     summarise: Callable[[dict[str, dict[str, Any]], float], dict[str, Any]],
-                     write: Callable[[dict[str, Any]], None], *, resume: bool, workers: int, progress: bool,
-                     log: Callable[[str], None], executor: str, address: str | None) -> dict[str, Any]:
-    """Run ``stages``; after each, ``summarise(records, wall_seconds)`` (+ workers, executor) goes to ``write``
-    (results.json, results.md, plots); returns the final summary."""
-    from darkknowledge.experiments.runner import run_stages
+@dataclass(frozen=True)
+class Experiment:
+    """A reproduction: its scales, its stages and how its results read. ``reproduce`` does the rest.
 
-    t0 = time.perf_counter()
+    Attributes:
+        name, title: ``mnist``; the results document's heading.
+        scales: scale name -> a frozen dataclass with at least ``default_seeds``.
+        check_data: ``check_data(data_dir, scale)`` loads the data (cached per process) or raises a DKError.
+        stages: ``stages(scale, seeds, ctx) -> [Stage]``; ``ctx`` goes into every stage's params (data_dir,
+            the scale itself, device, out, seeds, progress).
+        run_stage: ``run_stage(stage, inputs) -> result`` (top-level: it is pickled to workers).
+        summarise: ``summarise(stages, records, scale, seeds) -> {"rows": [...], ...}`` from the records so far.
+        markdown: ``markdown(results) -> [lines]`` after the rows table (the experiment's own sections).
+        plots: ``plots(results, out) -> [paths]``.
+        precision: the recipe precision whose resolution the results report.
+        configs: ``configs(scale)``: the recipes (dataclasses) as the scale runs them, recorded in ``results.json``.
+        preface: lines between the header and the rows table.
+    """
 
-    def results(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        return {**summarise(records, time.perf_counter() - t0), "workers": workers, "executor": executor}
+    name: str
+    title: str
+    scales: dict[str, Any]
+    check_data: Callable[[str, Any], Any]
+    stages: Callable[[Any, int, dict[str, Any]], list[Stage]]
+    run_stage: Callable[[Stage, dict[str, Any]], dict[str, Any]]
+    summarise: Callable[[list[Stage], dict[str, dict[str, Any]], Any, int], dict[str, Any]]
+    markdown: Callable[[dict[str, Any]], list[str]]
+    plots: Callable[[dict[str, Any], Path], list[Path]]
+    precision: str
+    configs: Callable[[Any], dict[str, Any]]
+    preface: Callable[[dict[str, Any]], list[str]] = lambda results: []
 
-    records = run_stages(stages, execute, out, report=lambda r: write(results(r)), resume=resume, workers=workers,
-                         progress=progress, log=log, executor=executor, address=address)
-    return results(records)
+
+MANIFEST = "reproduction.json"
+OUT_PARTS = ("stages", "models", "teachers", "members", "generalists", "specialists", "clusters", "cache")
+
+
+def prepare_out(out: Path, scale: str, resume: bool, overwrite: bool) -> None:
+    """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same scale as before."""
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        previous = json.loads(manifest.read_text())
+        if resume:
+            if previous.get("scale") != scale:
+                raise DKError(f"cannot resume {out}: it is a {previous.get('scale')!r}-scale reproduction, "
+                              f"not {scale!r}")
+            return
+        if not overwrite:
+            raise DKError(f"{out} holds a previous reproduction; pass --resume to continue it, --overwrite to "
+                          "start over, or choose another --out")
+    elif resume and out.exists() and any(out.iterdir()):
+        raise DKError(f"cannot resume {out}: it holds no reproduction ({MANIFEST} not found)")
+    for sub in OUT_PARTS:
+        shutil.rmtree(out / sub, ignore_errors=True)
+
+
+def rows_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Paper vs measured, one Markdown row per results row."""
+    lines = ["| experiment | metric | paper | measured (mean ± std) | per seed | seconds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        per_seed = ", ".join(f"{v:.4g}" for v in r["values"])
+        paper = "" if r["paper"] is None else r["paper"]
+        lines.append(f"| {r['experiment']} | {r['metric']} | {paper} | {fmt_measured(r)} | {per_seed} | "
+                     f"{r['seconds'] if r['seconds'] is not None else ''} |")
+    return lines
+
+
+def markdown(exp: Experiment, results: dict[str, Any]) -> str:
+    """The results document: header, preface, rows table, the experiment's sections, failed stages."""
+    lines = [f"# {exp.title} ({results['scale']} scale)", "",
+             f"Hardware: {results['hardware']}; precision {results['precision']}; seeds {results['seeds']}; "
+             f"commit {results['commit'][:12]}; {results['stages_done']}/{results['stages_total']} stages done, "
+             f"{results['total_seconds']:.0f} s of stages, {results['wall_seconds']:.0f} s wall.", ""]
+    lines += exp.preface(results)
+    lines += rows_table(results["rows"]) + exp.markdown(results)
+    failed = [s for s in results["stages"] if s["status"] == FAILED]
+    if failed:
+        lines += ["", "Failed stages:", ""] + [f"- `{s['stage']}`: {s['error']}" for s in failed]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str = "full", seeds: int | None = None,
+              device: str = DEFAULT_DEVICE, progress: bool = True, workers: int = 1, resume: bool = False,
+              overwrite: bool = False, executor: str = "local", address: str | None = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every stage of ``exp``; ``results.json``, ``results.md`` and the plots in ``out`` are
+    rewritten after each stage, so an interrupted run keeps everything that finished.
+
+    Bad input (scale, counts, data, an unreachable Ray cluster, an ``out`` holding another run) is a DKError
+    raised before anything is written. With ``workers > 1`` stages whose inputs are ready run that many at
+    once, in processes (``local``) or as Ray tasks (``ray``).
+    """
+    sc, seeds = check_run(exp.scales, scale, seeds, workers)
+    dev = resolve_device(device)
+    exp.check_data(str(data_dir), sc)
+    out = Path(out)
+    with open_executor(executor, workers, address=address, cpus_per_task=None) as ex:
+        prepare_out(out, scale, resume, overwrite)
+        atomic_write_json(out / MANIFEST, {"experiment": exp.name, "scale": scale, "seeds": seeds,
+                                           "data_dir": str(data_dir), "device": str(dev), "commit": git_commit(),
+                                           "executor": executor})
+        # The scale itself travels with every stage (a frozen dataclass): a worker process needs no registry.
+        ctx = {"data_dir": str(data_dir), "scale": sc, "device": str(dev), "out": str(out), "seeds": seeds,
+               "progress": progress and workers == 1 and executor == "local"}
+        stages = exp.stages(sc, seeds, ctx)
+        t0 = time.perf_counter()
+
+        def results(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            stage_rows = stage_table(stages, records)
+            return {"experiment": exp.name, "hardware": hardware(dev), "commit": git_commit(), "scale": scale,
+                    "scale_config": dataclasses.asdict(sc), "device": str(dev), "torch": torch.__version__,
+                    "precision": resolve_precision(exp.precision, dev), "seeds": list(range(seeds)),
+                    "wall_seconds": round(time.perf_counter() - t0, 1),
+                    "total_seconds": round(sum(r["seconds"] for r in stage_rows), 1),
+                    "stages_done": sum(r["status"] == DONE for r in stage_rows), "stages_total": len(stage_rows),
+                    **exp.summarise(stages, records, sc, seeds), "stages": stage_rows,
+                    "configs": {k: dataclasses.asdict(v) for k, v in exp.configs(sc).items()},
+                    "workers": workers, "executor": executor}
+
+        def write(records: dict[str, dict[str, Any]]) -> None:
+            res = results(records)
+            atomic_write_json(out / "results.json", res)
+            atomic_write_bytes(out / "results.md", markdown(exp, res).encode())
+            exp.plots(res, out)
+
+        records = run_stages(stages, exp.run_stage, out, report=write, resume=resume, workers=workers,
+                             progress=progress, log=log, executor=ex)
+        return results(records)
+
+
+def previous_records(exp: Experiment, out: Path, scale: str, seeds: int) -> dict[str, dict[str, Any]]:
+    """The stage records of a reproduction in ``out`` (for inspection and tests)."""
+    return read_records(out, exp.stages(exp.scales[scale], seeds, {}))

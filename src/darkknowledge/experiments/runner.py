@@ -13,6 +13,11 @@ finished. With ``resume``, stages already ``done`` are not run again, and a stag
 continues from its own epoch checkpoint (the stage function passes ``resume`` on to ``fit``); a
 previous run's ``failed`` stages are retried.
 
+Stages run on an ``executors`` executor (serially in this process, in a process pool, or as Ray
+tasks): a stage function takes the stage and the results of the stages it depends on
+(``execute(stage, inputs)``, ``inputs[name]`` the result of dependency ``name``), so no stage reads
+another's files by path.
+
 Progress: one overall bar weighted by each stage's estimated ``cost`` (so its time estimate means
 something when a teacher costs 50 small stages), above the running stage's own epoch bar.
 """
@@ -20,8 +25,6 @@ something when a teacher costs 50 small stages), above the running stage's own e
 from __future__ import annotations
 
 import json
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +32,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from darkknowledge.checkpoint import atomic_write_json
-from darkknowledge.errors import DKError
+from darkknowledge.executors import Executor, open_executor
 
 DONE, FAILED, PENDING = "done", "failed", "pending"
 
@@ -61,34 +64,26 @@ def read_records(out: Path, stages: list[Stage]) -> dict[str, dict[str, Any]]:
     return records
 
 
-def _failure(e: BaseException) -> str:
-    cause = getattr(e, "cause", None)  # a Ray task's own exception
-    if isinstance(cause, BaseException):
-        return _failure(cause)
-    if isinstance(e, DKError):
-        return str(e)
-    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
-    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-    return f"{type(e).__name__}: {e}{where}"
-
-
-def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], out: Path, *,
+def run_stages(stages: list[Stage], execute: Callable[[Stage, dict[str, Any]], dict[str, Any]], out: Path, *,
                report: Callable[[dict[str, dict[str, Any]]], None], resume: bool = False, workers: int = 1,
-               progress: bool = True, log: Callable[[str], None] = print, executor: str = "local",
+               progress: bool = True, log: Callable[[str], None] = print, executor: str | Executor = "local",
                address: str | None = None) -> dict[str, dict[str, Any]]:
     """Run ``stages`` (dependencies before dependants), recording each; returns all records.
 
     Args:
-        stages: in the order to run them when one worker runs them all.
-        execute: ``execute(stage) -> result``; a top-level function when ``workers > 1`` (it is
-            pickled to worker processes). Raising marks the stage failed.
+        stages: in the order to run them when one worker runs them all; with more, a ready stage with the
+            longest chain of dependants waiting on it starts first (``critical_path``).
+        execute: ``execute(stage, inputs) -> result`` with ``inputs`` the results of the stage's
+            dependencies; a top-level function when stages run in other processes (it is pickled).
+            Raising marks the stage failed.
         out: the experiment's output directory (records go to ``out/stages/``).
         report: called with all records after every stage (writes results files).
         resume: keep stages already done in ``out``; otherwise they are run again.
-        workers: stages run in this many processes at once (1: in this process).
-        executor: ``local`` (a process pool when ``workers > 1``) or ``ray``: every stage a Ray task (on a
-            local instance or the cluster at ``address``), ``workers`` at once, each retried by Ray if its
-            worker dies; stage functions resume from their epoch checkpoints, so a retry loses at most an epoch.
+        workers: stages at once.
+        executor: ``local`` (in this process with one worker, else a process pool), ``ray`` (every stage a Ray
+            task on a local instance or the cluster at ``address``, retried by Ray if its worker dies; stage
+            functions resume from their epoch checkpoints, so a retry loses at most an epoch), or an open
+            ``executors.Executor``.
     """
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -110,56 +105,59 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage], dict[str, Any]], 
                dynamic_ncols=True,
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}", mininterval=1.0)
 
-    def show_running(names: list[str]) -> None:
-        bar.set_postfix_str("running " + ", ".join(names) if names else "", refresh=False)
-        bar.refresh()
-
-    def done_count() -> int:
-        return sum(r["status"] != PENDING for r in records.values())
-
-    def refresh_bar() -> None:
-        bar.set_description_str(f"stages {done_count()}/{len(stages)}", refresh=False)
-
     def finish(stage: Stage, record: dict[str, Any]) -> None:
         records[stage.name] = record
         atomic_write_json(stage_path(out, stage.name), record)
         bar.update(stage.cost)
-        refresh_bar()
+        bar.set_description_str(f"stages {sum(r['status'] != PENDING for r in records.values())}/{len(stages)}",
+                                refresh=False)
         state = record["status"] + (f": {record['error']}" if record["status"] == FAILED else "")
         log(f"stage {stage.name}: {state} ({record.get('seconds', 0):.0f} s)")
         report(records)
 
-    def blocked(stage: Stage) -> str | None:
-        bad = [d for d in stage.deps if records[d]["status"] == FAILED]
-        return f"needs {', '.join(bad)}, which failed" if bad else None
-
     if already:
         log(f"resuming: {len(already)} of {len(stages)} stages already done")
-    refresh_bar()
+    bar.set_description_str(f"stages {len(already)}/{len(stages)}", refresh=False)
     report(records)
     todo = [s for s in stages if records[s.name]["status"] == PENDING]
+    if workers > 1:
+        path = critical_path(todo)
+        todo.sort(key=lambda s: -path[s.name])  # stable: ties keep the experiment's order
+    ex = executor if isinstance(executor, Executor) else open_executor(executor, workers, address=address,
+                                                                        cpus_per_task=None)
+    running: dict[Any, Stage] = {}
     try:
-        if workers == 1 and executor == "local":
-            for stage in todo:
-                reason = blocked(stage)
-                if reason:
-                    finish(stage, {"status": FAILED, "error": reason, "seconds": 0.0})
-                    continue
-                t0 = time.perf_counter()
-                show_running([stage.name])
-                try:
-                    result = execute(stage)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as e:  # a stage's failure is data; the others still run
-                    finish(stage, {"status": FAILED, "error": _failure(e), "seconds": time.perf_counter() - t0})
-                else:
-                    finish(stage, {"status": DONE, "result": result, "seconds": time.perf_counter() - t0})
-        else:
-            _run_parallel(todo, execute, records, workers, blocked, finish, show_running, executor, address)
+        while todo or running:
+            for stage in list(todo):
+                failed = [d for d in stage.deps if records[d]["status"] == FAILED]
+                if failed:
+                    todo.remove(stage)
+                    finish(stage, {"status": FAILED, "error": f"needs {', '.join(failed)}, which failed",
+                                   "seconds": 0.0})
+                elif all(records[d]["status"] == DONE for d in stage.deps) and len(running) < workers:
+                    todo.remove(stage)
+                    inputs = {d: records[d]["result"] for d in stage.deps}
+                    running[ex.submit(_run_stage, (execute, stage, inputs))] = stage
+            bar.set_postfix_str("running " + ", ".join(s.name for s in running.values()) if running else "",
+                                refresh=True)
+            if not running:
+                if todo:  # nothing runs and nothing can start: the dependencies form a cycle
+                    raise ValueError(f"stages {[s.name for s in todo]} wait on each other")
+                continue
+            for handle, outcome in ex.wait(timeout=1.0):
+                stage = running.pop(handle)
+                finish(stage, {"status": DONE, "result": outcome.value, "seconds": outcome.seconds} if outcome.ok
+                       else {"status": FAILED, "error": outcome.error, "seconds": outcome.seconds})
     finally:
         bar.close()
+        if ex is not executor:
+            ex.close()
     return records
+
+
+def _run_stage(job: tuple[Callable[[Stage, dict[str, Any]], dict[str, Any]], Stage, dict[str, Any]]) -> dict[str, Any]:
+    execute, stage, inputs = job
+    return execute(stage, inputs)
 
 
 def critical_path(stages: list[Stage]) -> dict[str, float]:
@@ -186,78 +184,3 @@ def critical_path(stages: list[Stage]) -> dict[str, float]:
     for s in stages:
         visit(s.name)
     return path
-
-
-class _Pool:
-    """``submit(fn, arg) -> handle`` and ``wait(handles, timeout) -> finished`` over a process pool or Ray."""
-
-    def __init__(self, executor: str, workers: int, address: str | None) -> None:
-        self.executor = executor
-        if executor == "ray":
-            from darkknowledge.executors import ray_init
-
-            self.ray = ray_init(address)
-            total = self.ray.cluster_resources().get("CPU", workers)
-            self.cpus = max(1.0, total / workers)
-        else:
-            import concurrent.futures as cf
-            import multiprocessing as mp
-
-            self.pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
-
-    def submit(self, fn, arg):
-        if self.executor == "ray":
-            return self.ray.remote(num_cpus=self.cpus, max_retries=3)(fn).remote(arg)
-        return self.pool.submit(fn, arg)
-
-    def wait(self, handles, timeout: float):
-        if self.executor == "ray":
-            ready, _ = self.ray.wait(list(handles), num_returns=1, timeout=timeout)
-            return ready
-        import concurrent.futures as cf
-
-        finished, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        return finished
-
-    def result(self, handle):
-        return self.ray.get(handle) if self.executor == "ray" else handle.result()
-
-    def close(self) -> None:
-        if self.executor != "ray":
-            self.pool.shutdown()
-
-
-def _run_parallel(todo: list[Stage], execute, records, workers: int, blocked, finish, show_running,
-                  executor: str = "local", address: str | None = None) -> None:
-    """Submit each ready stage, longest critical path first; record results as they arrive."""
-    path = critical_path(todo)
-    waiting = sorted(todo, key=lambda s: -path[s.name])  # stable: ties keep the experiment's order
-    running: dict[Any, tuple[Stage, float]] = {}
-    pool = _Pool(executor, workers, address)
-    try:
-        while waiting or running:
-            for stage in list(waiting):
-                reason = blocked(stage)
-                if reason:
-                    waiting.remove(stage)
-                    finish(stage, {"status": FAILED, "error": reason, "seconds": 0.0})
-                elif all(records[d]["status"] == DONE for d in stage.deps) and len(running) < workers:
-                    waiting.remove(stage)
-                    running[pool.submit(execute, stage)] = (stage, time.perf_counter())
-            show_running([s.name for s, _ in running.values()])
-            if not running:
-                if waiting:  # nothing runs and nothing can start: the dependencies form a cycle
-                    raise ValueError(f"stages {[s.name for s in waiting]} wait on each other")
-                continue
-            finished = pool.wait(running, timeout=1.0)
-            show_running([s.name for s, _ in running.values()])  # and the elapsed time ticks on
-            for fut in finished:
-                stage, t0 = running.pop(fut)
-                try:
-                    result = pool.result(fut)
-                except Exception as e:
-                    finish(stage, {"status": FAILED, "error": _failure(e), "seconds": time.perf_counter() - t0})
-                else:
-                    finish(stage, {"status": DONE, "result": result, "seconds": time.perf_counter() - t0})
-    finally:
-        pool.close()

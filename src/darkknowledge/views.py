@@ -1,0 +1,121 @@
+"""What the student sees of each transfer example, and which teacher target goes with it.
+
+Every augmentation is a view code (``data.apply_views``): the crop at (dy, dx) of the image padded by
+``max_shift`` with the background ``fill``, mirrored or not. Two kinds of ``Views`` share one interface,
+``draw(padded, idx, generator) -> (images, rows)``: the batch ``fit`` trains on, and the row of the
+objective's targets for each of its images.
+
+- ``RandomViews``: a fresh random view of every example at every step (or the example as it is, without
+  jitter and flips); one target row per example. The hard-label and plain soft-target runs.
+- ``ViewBank``: V views per example as codes ``[V, N]``, the teacher's output on view v of example n at
+  row ``v * N + n`` of the targets (computed once, cached, reused by every student). A *random* bank
+  (``ViewBank.random``) keeps slot 0 plain and draws the other slots' codes seeded, and the student picks
+  a random slot per example; an *exhaustive* bank (``ViewBank.every``) holds every code, and the student
+  draws its view exactly as ``RandomViews`` would, then reads the target of the code it drew.
+
+A bank is made from the student's own augmentation and inputs in one place, ``ViewBank.for_student``, so
+a teacher stage that fills the cache and the student stage that reads it always agree on codes and key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from darkknowledge.data import apply_views, background_value, gather_views, view_count
+from darkknowledge.errors import DKError
+
+
+def _digest(codes: torch.Tensor) -> str:
+    from darkknowledge.teachers import tensor_digest
+
+    return tensor_digest(codes)
+
+
+@dataclass(frozen=True)
+class RandomViews:
+    """A new random view per example and step (``data.gather_views``); targets one row per example."""
+
+    max_shift: int
+    flip: bool
+
+    def draw(self, padded: torch.Tensor, idx: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return gather_views(padded, idx, self.max_shift, self.flip, generator), idx
+
+
+@dataclass(frozen=True)
+class ViewBank:
+    """V views of each of N examples: ``codes [V, N]``; the teacher's target for view v of example n is row
+    ``v * N + n``. ``exhaustive``: the bank holds every code (``codes[v] == v``) and is drawn like random
+    augmentation; otherwise a random slot is drawn per example."""
+
+    codes: torch.Tensor  # [V, N] int64 view codes
+    max_shift: int
+    flip: bool
+    fill: float
+    exhaustive: bool = False
+
+    @classmethod
+    def random(cls, n: int, views: int, max_shift: int, flip: bool, fill: float, seed: int = 0) -> "ViewBank":
+        """Slot 0 every image as it is (untranslated, unmirrored), the other slots random codes, seeded, so
+        every student drawing on one bank sees the same views and the teacher's targets on them are paid once."""
+        if views < 1:
+            raise DKError(f"a view bank needs at least 1 view, got {views}")
+        codes = torch.randint(0, view_count(max_shift, flip), (views, n),
+                              generator=torch.Generator().manual_seed(seed))
+        codes[0] = max_shift * (2 * max_shift + 1) + max_shift
+        return cls(codes, max_shift, flip, fill)
+
+    @classmethod
+    def every(cls, n: int, max_shift: int, flip: bool, fill: float) -> "ViewBank":
+        """Every view ``data.gather_views`` can draw (every translation, mirrored or not), for all N examples."""
+        v = view_count(max_shift, flip)
+        return cls(torch.arange(v)[:, None].expand(v, n).contiguous(), max_shift, flip, fill, exhaustive=True)
+
+    @classmethod
+    def for_student(cls, x: torch.Tensor, max_shift: int, flip: bool, views: int = 0) -> "ViewBank":
+        """The bank a student with this augmentation sees on transfer inputs ``x``: ``views`` random slots, or
+        (``views`` 0) every view; filled with the inputs' background level, as ``fit`` pads them."""
+        if not (max_shift or flip):
+            raise DKError("a view bank needs an augmentation to draw views from: set jitter and/or flip")
+        fill = background_value(x)
+        if views:
+            return cls.random(len(x), views, max_shift, flip, fill)
+        return cls.every(len(x), max_shift, flip, fill)
+
+    @property
+    def views(self) -> int:
+        return int(self.codes.shape[0])
+
+    def key(self) -> str:
+        """The cache name of this bank: augmentation, fill and the SHA-256 of the codes (other codes never hit)."""
+        return f"bank:k={self.max_shift}:flip={int(self.flip)}:fill={self.fill:g}:{_digest(self.codes)}"
+
+    def to(self, device: torch.device) -> "ViewBank":
+        return ViewBank(self.codes.to(device), self.max_shift, self.flip, self.fill, self.exhaustive)
+
+    def check(self, n: int, max_shift: int, flip: bool, fill: float) -> None:
+        """The bank must be for ``n`` examples seen with this augmentation and background, as ``fit`` draws them."""
+        if (self.codes.dim() != 2 or self.codes.shape[1] != n or self.max_shift != max_shift or self.flip != flip
+                or self.fill != fill or int(self.codes.max()) >= view_count(max_shift, flip)):
+            raise DKError(f"the objective's view bank {tuple(self.codes.shape)} (jitter {self.max_shift}, flip "
+                          f"{self.flip}, fill {self.fill:g}) does not fit {n} examples with jitter {max_shift}, flip "
+                          f"{flip} and background {fill:g}")
+
+    def images(self, padded: torch.Tensor, v: int, idx: torch.Tensor) -> torch.Tensor:
+        """Examples ``idx`` in their view of slot ``v`` (the teacher's inputs for those target rows)."""
+        return apply_views(padded, idx, self.codes[v, idx].to(padded.device), self.max_shift, self.flip)
+
+    def draw(self, padded: torch.Tensor, idx: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.codes.shape[1]
+        if self.exhaustive:  # drawn as random augmentation is; the target is the one of the code drawn
+            xb, code = gather_views(padded, idx, self.max_shift, self.flip, generator, return_code=True)
+            return xb, code * n + idx
+        slot = torch.randint(0, self.views, (len(idx),), device=padded.device, generator=generator)
+        return apply_views(padded, idx, self.codes[slot, idx], self.max_shift, self.flip), slot * n + idx
+
+
+Views = RandomViews | ViewBank
