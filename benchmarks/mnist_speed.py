@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--tuned-batch", type=int, default=512)
     ap.add_argument("--train-limit", type=int, default=0, help="use the first N training images (0: all 60,000)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-compile", action="store_true",
+                    help="leave out the torch.compile variants (each compiles for seconds before it trains)")
     args = ap.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     data = load_mnist(args.data_dir)
@@ -107,6 +109,7 @@ def main() -> None:
     # (name, batch, precision, torch.compile): the fast path as is, then what might speed it further.
     variants = [("fast", 128, "fp32", False), ("fast-compile", 128, "fp32", True), ("fast-bf16", 128, "bf16", False),
                 ("fast", args.tuned_batch, "fp32", False), ("fast-bf16", args.tuned_batch, "bf16", False)]
+    variants = [v for v in variants if not (args.no_compile and v[3])]
     for impl, bs, prec, comp in variants:
         cfg = dataclasses.replace(teacher_cfg, batch_size=bs, precision=prec, compile=comp)
         model = new_model(cfg, 784, 10)

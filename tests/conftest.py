@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Under pytest-xdist (``make test`` runs one worker per core, with OMP_NUM_THREADS=1 from the start) each worker,
+# and every `dk` it starts, takes one thread; alone, the suite takes two (the CI machines' two cores).
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +58,10 @@ def cifar_dir() -> Path:
     return Path(d)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_instance():
-    """One local Ray instance for the whole test session (starting one costs seconds), shut down at its end."""
+    """One local Ray instance for the module that holds every Ray test (``test_ray.py``), so one per test session
+    (starting one costs seconds), shut down when that module ends: its processes do not linger beside the rest."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'darkknowledge[ray]'; "
                                             ".ci/run installs it)")
     from darkknowledge import DKError

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_dk
+from conftest import dk, run_dk
 
 EXPERIMENTS = {"generalist", "combined", "distilled_back", "covered_by_0", "combine_examples_per_second",
                "clusters_ari_superclasses", "soft_targets_for_specialists_gain_points"}
@@ -46,8 +46,8 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
 
 def test_resume_of_a_finished_reproduction_runs_nothing(smoke, cifar_dir):
     _, out = smoke
-    r = run_dk("reproduce", "cifar100", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
-               "--resume", "--no-progress", timeout=300)
+    r = dk("reproduce", "cifar100", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
+               "--resume", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "resuming: 11 of 11 stages already done" in r.stderr
 
@@ -58,7 +58,7 @@ def test_reproduce_cifar100_refuses_cifar10(tmp_path, cifar_dir):
     d = tmp_path / "only10"
     d.mkdir()
     (d / "cifar-10-batches-py").symlink_to(cifar_dir / "cifar-10-batches-py")
-    r = run_dk("reproduce", "cifar100", "--scale", "smoke", "--data-dir", d, "--out", tmp_path / "o")
+    r = dk("reproduce", "cifar100", "--scale", "smoke", "--data-dir", d, "--out", tmp_path / "o")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cifar-100" in r.stderr.lower() and not (tmp_path / "o").exists()
     shutil.rmtree(d)

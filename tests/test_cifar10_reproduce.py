@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_dk
+from conftest import dk, run_dk
 
 EXPERIMENTS = {"single", "ensemble", "ensemble_geometric", "distilled_from_ensemble", "distilled_from_geometric",
                "gain_kept_percent", "hard_3pct", "soft_3pct", "hard_100pct", "gap_recovered_percent"}
@@ -42,14 +42,14 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
 
 def test_resume_of_a_finished_reproduction_runs_nothing(smoke, cifar_dir):
     _, out = smoke
-    r = run_dk("reproduce", "cifar10", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
-               "--resume", "--no-progress", timeout=300)
+    r = dk("reproduce", "cifar10", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
+               "--resume", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "resuming: 9 of 9 stages already done" in r.stderr
 
 
 def test_reproduce_cifar10_refuses_a_directory_without_cifar(tmp_path):
-    r = run_dk("reproduce", "cifar10", "--scale", "smoke", "--data-dir", tmp_path, "--out", tmp_path / "o")
+    r = dk("reproduce", "cifar10", "--scale", "smoke", "--data-dir", tmp_path, "--out", tmp_path / "o")
     assert r.returncode == 2 and "batches.meta not found" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -1,9 +1,6 @@
 """Executors: local (in-process, process pool) and Ray, with a worker killed mid-member."""
 
 import json
-import os
-import signal
-import threading
 import time
 
 import numpy as np
@@ -11,9 +8,8 @@ import pytest
 import torch
 
 from darkknowledge import DKError
-from darkknowledge.checkpoint import load_checkpoint, read_meta
+from darkknowledge.checkpoint import load_checkpoint
 from darkknowledge.config import TrainConfig
-from darkknowledge.ensembles import member_task, member_tasks
 from darkknowledge.executors import run_tasks
 
 
@@ -52,52 +48,13 @@ def small_images(path, n=800, seed=0):
 MEMBER = TrainConfig(arch="resnet-s-w8", epochs=6, batch_size=64, lr=0.05, jitter=2, flip=True, device="cpu")
 
 
-def test_ray_retries_a_killed_member_from_its_last_epoch(tmp_path, ray_instance):
-    source = small_images(tmp_path / "data.npz")
-    ref_task = member_tasks(source, MEMBER, 1, tmp_path / "ref")[0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the Ray task will (1 CPU): convolutions sum in the same order
-    try:
-        member_task(ref_task)  # uninterrupted, in this process
-    finally:
-        torch.set_num_threads(threads)
-    task = member_tasks(source, MEMBER, 1, tmp_path / "ray")[0]
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(r=run_tasks(
-        member_task, [task], executor="ray", cpus_per_task=1, progress=False)))
-    try:
-        runner.start()
-        out = tmp_path / "ray" / "member0"
-        deadline = time.time() + 240
-        while not ((out / "model.json").exists() and (out / "worker.json").exists()):
-            assert time.time() < deadline and runner.is_alive(), "the member never reached its first checkpoint"
-            time.sleep(0.05)
-        pid = json.loads((out / "worker.json").read_text())["pid"]
-        epoch_at_kill = read_meta(out)["epoch"]
-        os.kill(pid, signal.SIGKILL)
-        runner.join(timeout=300)
-        assert not runner.is_alive()
-        (result,) = outcome["r"]
-        assert result.ok, result.error
-        assert 1 <= epoch_at_kill < MEMBER.epochs, "the kill came too late to test a retry"
-        assert json.loads((out / "worker.json").read_text())["pid"] != pid  # retried in another worker
-        a, meta_a, _ = load_checkpoint(tmp_path / "ref" / "member0")
-        b, meta_b, _ = load_checkpoint(out)
-        assert meta_b["epoch"] == MEMBER.epochs
-        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.equal(p, q), name  # the member resumed: same weights as the uninterrupted run
-        assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
-    finally:
-        runner.join(timeout=300)
-
-
 def test_dk_train_members_builds_an_ensemble(tmp_path):
-    from conftest import run_dk
+    from conftest import dk
 
     source = small_images(tmp_path / "data.npz", n=300)
     args = ["train", "--members", "2", "--data", source, "--arch", "resnet-s-w4", "--epochs", "1", "--batch-size",
             "64", "--jitter", "2", "--flip", "--out", tmp_path / "ens", "--no-progress"]
-    r = run_dk(*args)
+    r = dk(*args)
     assert r.returncode == 0, r.stderr
     assert "ensemble (arithmetic mean)" in r.stdout and "ensemble (geometric mean)" in r.stdout
     status = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
@@ -106,7 +63,7 @@ def test_dk_train_members_builds_an_ensemble(tmp_path):
     a, _, _ = load_checkpoint(tmp_path / "ens" / "member0")
     b, _, _ = load_checkpoint(tmp_path / "ens" / "member1")
     assert not torch.equal(a.head.weight, b.head.weight)  # members differ by seed
-    again = run_dk(*args)
+    again = dk(*args)
     assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites silently
 
 

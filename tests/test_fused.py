@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from darkknowledge.config import DistillConfig, TrainConfig
 from darkknowledge.data import load_digits
 from darkknowledge.fused import DropoutMask, FusedMLPStep
-from darkknowledge.losses import UNLABELLED, distillation_loss, distillation_loss_and_grad, logit_matching_loss
+from darkknowledge.losses import UNLABELLED, distillation_loss, distillation_loss_and_grad
 from darkknowledge.models import MLP
 from darkknowledge.training import HardLabels, MatchLogits, SoftTargets, fit, make_sgd, new_model
 

@@ -4,16 +4,12 @@
 import dataclasses
 import json
 import math
-import os
-import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_dk
+from conftest import dk
 from darkknowledge import DKError
 from darkknowledge import specialists as sp
 from darkknowledge.checkpoint import load_checkpoint, read_meta
@@ -120,16 +116,18 @@ GEN = TrainConfig(arch="resnet-s-w4", epochs=3, batch_size=64, lr=0.05, jitter=2
 SPEC = dataclasses.replace(GEN, epochs=4, lr=0.02)
 
 
-@pytest.fixture(scope="module")
-def generalist(tmp_path_factory):
-    from darkknowledge.ensembles import member_task
+def train_generalist(d):
+    """A small generalist in ``d / "g"`` on ``small_images``: ``(data source, d)``."""
+    from darkknowledge.ensembles import MemberTask, member_task
 
-    d = tmp_path_factory.mktemp("spec")
     source = small_images(d / "data.npz")
-    from darkknowledge.ensembles import MemberTask
-
     member_task(MemberTask(source, GEN, str(d / "g"), "g", val_size=200))
     return source, d
+
+
+@pytest.fixture(scope="module")
+def generalist(tmp_path_factory):
+    return train_generalist(tmp_path_factory.mktemp("spec"))
 
 
 def _task(source, d, name, subset, **kw):
@@ -172,66 +170,26 @@ def test_specialist_of_a_generalist_for_other_data_is_refused(generalist, tmp_pa
         sp.load_specialist(d / "g")
 
 
-def test_ray_retries_a_killed_specialist_from_its_last_epoch(generalist, tmp_path, ray_instance):
-    source, d = generalist
-    ref = dataclasses.replace(_task(source, d, "ref", [2, 3]), out=str(tmp_path / "ref"),
-                              config=dataclasses.replace(SPEC, epochs=6))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the Ray task will (1 CPU): convolutions sum in the same order
-    try:
-        sp.specialist_task(ref)
-    finally:
-        torch.set_num_threads(threads)
-    task = dataclasses.replace(ref, out=str(tmp_path / "ray"))
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(r=run_tasks(
-        sp.specialist_task, [task], executor="ray", cpus_per_task=1, progress=False)))
-    out = tmp_path / "ray"
-    try:
-        runner.start()
-        deadline = time.time() + 240
-        while not ((out / "model.json").exists() and (out / "worker.json").exists()):
-            assert time.time() < deadline and runner.is_alive(), "the specialist never reached its first checkpoint"
-            time.sleep(0.05)
-        pid = json.loads((out / "worker.json").read_text())["pid"]
-        epoch_at_kill = read_meta(out)["epoch"]
-        os.kill(pid, signal.SIGKILL)
-        runner.join(timeout=300)
-        assert not runner.is_alive()
-        (result,) = outcome["r"]
-        assert result.ok, result.error
-        assert 1 <= epoch_at_kill < 6, "the kill came too late to test a retry"
-        assert json.loads((out / "worker.json").read_text())["pid"] != pid
-        a, meta_a, _ = load_checkpoint(tmp_path / "ref")
-        b, meta_b, _ = load_checkpoint(out)
-        assert meta_b["epoch"] == 6
-        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.equal(p, q), name  # resumed, not retrained: the uninterrupted run's weights
-        assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]
-    finally:
-        runner.join(timeout=300)
-
-
 def test_dk_specialists_cluster_train_evaluate(generalist, tmp_path):
     source, d = generalist
     common = ("--generalist", d / "g", "--data", source, "--no-progress")
-    r = run_dk("specialists", "cluster", *common, "--val-size", "200", "--specialists", "2", "--max-classes", "3",
+    r = dk("specialists", "cluster", *common, "--val-size", "200", "--specialists", "2", "--max-classes", "3",
                "--out", tmp_path / "c")
     assert r.returncode == 0, r.stderr
     clusters = json.loads((tmp_path / "c" / "clusters.json").read_text())
     assert len(clusters["subsets"]) == 2 and (tmp_path / "c" / "clusters.png").stat().st_size > 1000
-    r = run_dk("specialists", "train", *common, "--val-size", "200", "--clusters", tmp_path / "c" / "clusters.json",
+    r = dk("specialists", "train", *common, "--val-size", "200", "--clusters", tmp_path / "c" / "clusters.json",
                "--out", tmp_path / "s", "--epochs", "1", "--jitter", "2")
     assert r.returncode == 0, r.stderr
     assert "special_test_accuracy_%" in r.stdout
-    r = run_dk("specialists", "evaluate", *common, "--specialists", tmp_path / "s")
+    r = dk("specialists", "evaluate", *common, "--specialists", tmp_path / "s")
     assert r.returncode == 0, r.stderr
     assert "covered_by" in r.stdout and "generalist + 2 specialists" in r.stdout
     # Bad input: one clear line each, exit 2, nothing half-written.
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"num_classes": 6, "subsets": [{"classes": [0, 9]}]}))
-    r = run_dk("specialists", "train", *common, "--clusters", bad, "--out", tmp_path / "s2")
+    r = dk("specialists", "train", *common, "--clusters", bad, "--out", tmp_path / "s2")
     assert r.returncode == 2 and "subset 0 is not a set" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "s2").exists()
-    r = run_dk("specialists", "evaluate", *common, "--specialists", tmp_path / "nothing")
+    r = dk("specialists", "evaluate", *common, "--specialists", tmp_path / "nothing")
     assert r.returncode == 2 and "no specialist checkpoints" in r.stderr

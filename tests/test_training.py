@@ -100,7 +100,7 @@ def test_resume_rejects_other_settings_and_architectures(digits, tmp_path):
 def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     """Interrupt a real `dk train` with SIGINT after its first checkpoint, resume it, compare."""
     # Enough epochs that the interrupt lands mid-run even when the test process is slow to poll.
-    args = ["--arch", "mlp-1200x2", "--epochs", "20", "--batch-size", "64", "--jitter", "1", "--no-progress"]
+    args = ["--arch", "mlp-1200x2", "--epochs", "10", "--batch-size", "64", "--jitter", "1", "--no-progress"]
     cmd = [sys.executable, "-m", "darkknowledge", "train", *args]
     full = subprocess.run([*cmd, "--out", tmp_path / "full"], capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr
@@ -114,13 +114,13 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     _, err = proc.communicate(timeout=60)
     stopped_at = read_meta(tmp_path / "cut")["epoch"]
     assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
-    assert 1 <= stopped_at < 20, "the interrupt came too late to test resuming"
+    assert 1 <= stopped_at < 10, "the interrupt came too late to test resuming"
 
     resumed = subprocess.run([*cmd, "--out", tmp_path / "cut", "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     a, meta_a, _ = load_checkpoint(tmp_path / "full")
     b, meta_b, _ = load_checkpoint(tmp_path / "cut")
-    assert meta_b["epoch"] == 20
+    assert meta_b["epoch"] == 10
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
     assert [h["loss"] for h in meta_a["history"]] == [h["loss"] for h in meta_b["history"]]

@@ -65,8 +65,9 @@ def resolve(args: argparse.Namespace, classes: tuple[type, ...]) -> dict[type, A
     return build_configs(classes, overrides, source)
 
 
-def print_table(rows: list[dict[str, Any]], columns: Sequence[str], file=sys.stdout) -> None:
-    """A plain fixed-width table: the short summary every long command ends with."""
+def print_table(rows: list[dict[str, Any]], columns: Sequence[str], file=None) -> None:
+    """A plain fixed-width table: the short summary every long command ends with (on ``file``, default stdout)."""
+    file = file if file is not None else sys.stdout  # looked up now: a redirected stdout is honoured
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=file)
@@ -374,25 +375,16 @@ def cmd_specialists_train(args: argparse.Namespace) -> int:
 
 def cmd_specialists_evaluate(args: argparse.Namespace) -> int:
     """Generalist vs generalist + specialists on the test split, by coverage of the true class (table 4)."""
-    import torch
-
     from darkknowledge import specialists as sp
     from darkknowledge.data import load_data
-    from darkknowledge.evaluation import predict_logits
     from darkknowledge.device import resolve_device
 
     device = resolve_device(args.device)
     data = load_data(args.data)
-    gen, _ = _generalist(args.generalist, data, device)
-    dirs = sorted((p for p in Path(args.specialists).iterdir() if (p / "model.json").is_file()),
-                  key=lambda p: (len(p.name), p.name)) if Path(args.specialists).is_dir() else []
-    if not dirs:
-        raise DKError(f"no specialist checkpoints under {args.specialists}")
-    specs = [sp.load_specialist(d, device=device) for d in dirs]
-    x, y = data.x_test.to(device), data.y_test.to(device)
-    pg = torch.softmax(predict_logits(gen, x), -1)
-    q, active = sp.combined_probs(pg, specs, x, args.top_n)
-    result = sp.evaluate(pg, q, y, [s for _, s, _ in specs])
+    _generalist(args.generalist, data, device)  # its class count checked against the data's
+    teacher = sp.CombinedTeacher.from_checkpoints(args.generalist, sp.specialist_checkpoints(args.specialists),
+                                                  args.top_n, device=device)
+    result = sp.evaluate_teacher(teacher, data.x_test.to(device), data.y_test.to(device))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -402,8 +394,8 @@ def cmd_specialists_evaluate(args: argparse.Namespace) -> int:
                   "relative_gain_%": round(r["relative_gain_percent"], 2)} for r in result["covered_by"]],
                 ("covered_by", "test_examples", "generalist_%", "combined_%", "relative_gain_%"))
     print(f"all {result['test_size']} test examples: generalist {100 * result['generalist_accuracy']:.2f}%, "
-          f"generalist + {len(specs)} specialists {100 * result['combined_accuracy']:.2f}% "
-          f"({float(active.sum(1).float().mean()):.2f} active per example, top_n {args.top_n})")
+          f"generalist + {result['specialists']} specialists {100 * result['combined_accuracy']:.2f}% "
+          f"({result['active_per_example']:.2f} active per example, top_n {args.top_n})")
     return 0
 
 

@@ -412,6 +412,16 @@ def load_specialist(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model, [int(k) for k in meta["subset"]], float(meta["dustbin_offset"])
 
 
+def specialist_checkpoints(root: str | Path) -> list[Path]:
+    """The specialist checkpoint directories directly under ``root`` in specialist order (m0, m1, ..., m10)."""
+    root = Path(root)
+    dirs = sorted((p for p in root.iterdir() if (p / "model.json").is_file()),
+                  key=lambda p: (len(p.name), p.name)) if root.is_dir() else []
+    if not dirs:
+        raise DKError(f"no specialist checkpoints under {root}")
+    return dirs
+
+
 @torch.no_grad()
 def specialist_probs(model: nn.Module, x: torch.Tensor, offset: float, temperature: float = 1.0) -> torch.Tensor:
     """``[N, |S| + 1]`` probabilities of a specialist with ``offset`` added to its dustbin logit."""
@@ -442,6 +452,15 @@ def combined_probs(generalist_probs: torch.Tensor, specialists: Sequence[tuple[n
     subsets = [s for _, s, _ in specialists]
     active = active_specialists(generalist_probs, subsets, top_n)
     return combine(generalist_probs, active_probs(specialists, x, active), subsets, top_n, **kwargs), active
+
+
+def evaluate_teacher(teacher: "CombinedTeacher", x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """``evaluate`` of a generalist with its specialists on ``(x, y)``, plus how many specialists woke per example."""
+    pg = torch.softmax(predict_logits(teacher.generalist, x), -1)
+    q, active = combined_probs(pg, teacher.specialists, x, teacher.top_n)
+    return {**evaluate(pg, q, y, [s for _, s, _ in teacher.specialists]),
+            "active_per_example": float(active.sum(1).float().mean()), "specialists": len(teacher.specialists),
+            "top_n": teacher.top_n}
 
 
 def evaluate(generalist_probs: torch.Tensor, combined: torch.Tensor, y: torch.Tensor,

@@ -1,7 +1,9 @@
 """The one training loop, for hard labels and for distillation alike.
 
-``fit`` reads top to bottom: shuffle, (jitter), forward, objective, backward, SGD step, weight
-constraint; evaluate and checkpoint once per epoch. Every source of randomness (shuffling, jitter,
+``fit`` reads top to bottom: shuffle, draw the batch's views (``views``: a fresh random view, or a view of
+the objective's bank with the teacher's target on it), one step (``AutogradStep`` or ``FusedMLPStep``,
+the same interface: forward, objective, backward, SGD, weight constraint); evaluate and checkpoint once
+per epoch (``checkpoint.resume_state`` says whether a checkpoint may be continued). Every source of randomness (shuffling, jitter,
 dropout) is reseeded from ``(seed, epoch)`` at the start of each epoch, so a run resumed from an
 epoch checkpoint continues exactly as the uninterrupted run would have.
 """
@@ -102,6 +104,8 @@ class MatchLogits:
         return loss / logits.shape[-1], grad / logits.shape[-1]
 
 
+# Every objective: ``to(device)``, ``__call__(logits, rows) -> loss`` (autograd), ``loss_and_grad(logits, rows)``
+# (the fused step's closed form) and ``bank``, the views its target rows were computed on (None: one per example).
 Objective = HardLabels | SoftTargets | MatchLogits
 
 
@@ -237,7 +241,9 @@ def fit(
     Args:
         model: the network to train (a registry architecture: ``cfg.arch``).
         x: transfer/training inputs; moved once to ``cfg.device`` and kept there.
-        objective: ``HardLabels``, ``SoftTargets`` or ``MatchLogits`` over the same N examples.
+        objective: ``HardLabels``, ``SoftTargets`` or ``MatchLogits`` over the same N examples (any object with
+            ``to``, ``__call__(logits, rows)``, ``loss_and_grad`` and ``bank``): its ``bank`` of views (None: a
+            fresh random view per step, ``views.RandomViews``) says what each batch shows and which rows it scores.
         cfg: optimisation settings.
         x_test, y_test: if given, test errors are measured every ``cfg.eval_every`` epochs and after the last.
         x_train_eval, y_train_eval: if given, training-set errors too (on these un-augmented examples), the
