@@ -193,3 +193,18 @@ def test_dk_specialists_cluster_train_evaluate(generalist, tmp_path):
     assert not (tmp_path / "s2").exists()
     r = dk("specialists", "evaluate", *common, "--specialists", tmp_path / "nothing")
     assert r.returncode == 2 and "no specialist checkpoints" in r.stderr
+
+
+def test_pool_coverage_pools_table_4_over_seeds():
+    """Two seeds' coverage rows: counts add up by k, each seed keeps its own relative gain, a k missing from one
+    seed is pooled from the other alone."""
+    def row(k, n, g, q):
+        return {"k": k, "examples": n, "generalist_correct": g, "combined_correct": q,
+                "relative_gain_percent": 100 * (q - g) / g if g else None}
+
+    pooled = sp.pool_coverage([[row(0, 50, 20, 20), row(1, 50, 10, 12)], [row(0, 40, 10, 10), row(2, 60, 30, 36)]])
+    assert [t["k"] for t in pooled] == [0, 1, 2]
+    assert pooled[0]["examples"] == 90 and pooled[0]["relative_gain_percent"] == 0.0 and pooled[0]["seeds"] == 2
+    assert pooled[1]["seed_gains"] == [pytest.approx(20.0)] and pooled[1]["combined_accuracy"] == pytest.approx(24.0)
+    assert pooled[2]["relative_gain_percent"] == pytest.approx(20.0) and pooled[2]["seeds"] == 1
+    assert sp.pool_coverage([]) == []

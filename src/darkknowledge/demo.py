@@ -24,6 +24,7 @@ import torch
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
 from darkknowledge.data import load_digits
+from darkknowledge.device import DEFAULT_DEVICE
 from darkknowledge.teachers import Teacher
 from darkknowledge.workflows import Result, distill, train, transfer_set
 
@@ -62,7 +63,7 @@ def plot(results: list[Result], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def run_demo(out: Path, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+def run_demo(out: Path, seed: int = 0, device: str = DEFAULT_DEVICE, progress: bool = True) -> dict[str, Any]:
     """Train the three models, write checkpoints, ``summary.json`` and ``demo.png`` into ``out``."""
     t0 = time.perf_counter()
     data = load_digits()

@@ -463,6 +463,27 @@ def evaluate_teacher(teacher: "CombinedTeacher", x: torch.Tensor, y: torch.Tenso
             "top_n": teacher.top_n}
 
 
+def pool_coverage(evaluations: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Table 4 over several runs (seeds, each with its own clusters): ``evaluate``'s ``covered_by`` rows of each run
+    pooled by k, as ``{k, examples, seeds, generalist_accuracy, combined_accuracy, relative_gain_percent}`` (in
+    percent, over the pooled examples) with ``seed_gains``, each run's own relative gain where it has such classes."""
+    kmax = max((row["k"] for rows in evaluations for row in rows), default=-1)
+    pooled = []
+    for k in range(kmax + 1):
+        gains, n, g, q = [], 0, 0, 0
+        for rows in evaluations:
+            row = next((x for x in rows if x["k"] == k), None)
+            if row:
+                n, g, q = n + row["examples"], g + row["generalist_correct"], q + row["combined_correct"]
+                if row["relative_gain_percent"] is not None:
+                    gains.append(row["relative_gain_percent"])
+        if n:
+            pooled.append({"k": k, "examples": n, "seeds": len(gains), "generalist_accuracy": 100 * g / n,
+                           "combined_accuracy": 100 * q / n, "relative_gain_percent": 100 * (q - g) / g if g else None,
+                           "seed_gains": gains})
+    return pooled
+
+
 def evaluate(generalist_probs: torch.Tensor, combined: torch.Tensor, y: torch.Tensor,
              subsets: Sequence[Sequence[int]]) -> dict[str, Any]:
     """Accuracy of the generalist and of the combination overall and by how many specialists cover the

@@ -274,25 +274,13 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                  if f"distilled-back/s{s}" in done and f"generalist/s{s}" in done]
         rows.append(_row("distilled_back_gain_points", "accuracy_points", None, [100 * (a - b) for a, b in pairs],
                          seeds, note="distilled back - generalist, per seed"))
-    # Table 4: by how many specialists cover the true class, pooled per seed.
-    kmax = max((row["k"] for s in range(seeds) if f"combine/s{s}" in done
-                for row in done[f"combine/s{s}"]["covered_by"]), default=-1)
-    table4 = []
-    for k in range(kmax + 1):
-        vals, n, g, q = [], 0, 0, 0
-        for s in range(seeds):
-            r = done.get(f"combine/s{s}")
-            row = next((x for x in r["covered_by"] if x["k"] == k), None) if r else None
-            if row:
-                n, g, q = n + row["examples"], g + row["generalist_correct"], q + row["combined_correct"]
-                if row["relative_gain_percent"] is not None:
-                    vals.append(row["relative_gain_percent"])
-        if n:
-            rows.append(_row(f"covered_by_{k}", "relative_gain_percent", PAPER_TABLE4.get(min(k, 6)), vals, len(vals),
-                             note=f"test examples whose true class {k} specialists cover (seeds that have such "
-                                  "classes)"))
-            table4.append({"k": k, "examples": n, "seeds": len(vals), "generalist_accuracy": 100 * g / n,
-                           "combined_accuracy": 100 * q / n, "relative_gain_percent": 100 * (q - g) / g if g else None})
+    # Table 4: by how many specialists cover the true class, pooled over seeds (each has its own clusters).
+    table4 = sp.pool_coverage([done[f"combine/s{s}"]["covered_by"] for s in range(seeds) if f"combine/s{s}" in done])
+    for t in table4:
+        rows.append(_row(f"covered_by_{t['k']}", "relative_gain_percent", PAPER_TABLE4.get(min(t["k"], 6)),
+                         t.pop("seed_gains"), t["seeds"],
+                         note=f"test examples whose true class {t['k']} specialists cover (seeds that have such "
+                              "classes)"))
     soft = {}
     for s in range(min(sc.soft_seeds, seeds)):
         hard, sft = done.get(f"combine/s{s}"), done.get(f"combine-soft/s{s}")

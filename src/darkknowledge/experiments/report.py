@@ -30,7 +30,7 @@ from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
 from darkknowledge.device import DEFAULT_DEVICE, resolve_device, resolve_precision
 from darkknowledge.errors import DKError
 from darkknowledge.executors import open_executor
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, read_records, run_stages
+from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages
 
 
 def git_commit() -> str:
@@ -262,7 +262,3 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
                              progress=progress, log=log, executor=ex)
         return results(records)
 
-
-def previous_records(exp: Experiment, out: Path, scale: str, seeds: int) -> dict[str, dict[str, Any]]:
-    """The stage records of a reproduction in ``out`` (for inspection and tests)."""
-    return read_records(out, exp.stages(exp.scales[scale], seeds, {}))
