@@ -128,3 +128,14 @@ def test_parallel_workers_run_every_stage(mnist_dir, tmp_path):
     assert res["workers"] == 2 and res["stages_done"] == res["stages_total"] == 9
     assert {r["status"] for r in res["rows"] + res["beyond_paper_rows"]} == {"done"}
     assert {r["experiment"] for r in res["rows"]} == set(mnist.PAPER)
+
+
+def test_a_reproduction_from_before_stages_passed_results_is_not_resumed(mnist_dir, tmp_path):
+    """Its done stages' results lack the checkpoints their dependants now read: one clear error, nothing touched."""
+    out = tmp_path / "old"
+    (out / "stages").mkdir(parents=True)
+    (out / "reproduction.json").write_text(json.dumps({"scale": "smoke", "seeds": 1}))  # no "experiment" key
+    (out / "stages" / "teacher__s0.json").write_text("{}")
+    r = dk(*SMOKE, "--data-dir", mnist_dir, "--out", out, "--resume")
+    assert r.returncode == 2 and "started by an older darkknowledge" in r.stderr and "--overwrite" in r.stderr
+    assert (out / "stages" / "teacher__s0.json").read_text() == "{}"

@@ -176,6 +176,9 @@ def prepare_out(out: Path, scale: str, resume: bool, overwrite: bool) -> None:
     if manifest.is_file():
         previous = json.loads(manifest.read_text())
         if resume:
+            if "experiment" not in previous:  # its stages' results lack what stages now pass to each other
+                raise DKError(f"cannot resume {out}: it was started by an older darkknowledge, whose stages did not "
+                              "pass their results on; start it again with --overwrite")
             if previous.get("scale") != scale:
                 raise DKError(f"cannot resume {out}: it is a {previous.get('scale')!r}-scale reproduction, "
                               f"not {scale!r}")
