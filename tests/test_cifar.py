@@ -341,3 +341,8 @@ def test_an_exhaustive_bank_draws_views_as_random_augmentation_does():
     xb, same = RandomViews(2, True).draw(padded, idx, torch.Generator().manual_seed(5))
     assert torch.equal(xa, xb) and torch.equal(same, idx) and torch.equal(rows % 40, idx)
     torch.testing.assert_close(xa, apply_views(padded, idx, rows // 40, 2, True))
+
+
+def test_a_view_bank_of_flat_features_is_one_clear_error():
+    with pytest.raises(DKError, match="needs images"):
+        ViewBank.for_student(torch.rand(10, 64), 1, False)

@@ -139,3 +139,9 @@ def test_a_reproduction_from_before_stages_passed_results_is_not_resumed(mnist_d
     r = dk(*SMOKE, "--data-dir", mnist_dir, "--out", out, "--resume")
     assert r.returncode == 2 and "started by an older darkknowledge" in r.stderr and "--overwrite" in r.stderr
     assert (out / "stages" / "teacher__s0.json").read_text() == "{}"
+
+
+def test_resume_refuses_another_experiment(reference, cifar_dir):
+    out = reference[0]
+    r = dk("reproduce", "cifar10", "--scale", "smoke", "--data-dir", cifar_dir, "--out", out, "--resume")
+    assert r.returncode == 2 and "it is a mnist reproduction, not cifar10" in r.stderr

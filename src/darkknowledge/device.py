@@ -1,7 +1,7 @@
 """The one device policy of every command: where training and inference run, and in which precision.
 
-``auto`` is the default everywhere (the CLI, the config dataclasses, the Python API): CUDA when it is
-available, else the CPU; precision ``auto`` is bf16 where the device computes it natively (CUDA with bf16,
+``auto`` is the default of every command and of ``TrainConfig`` (so of every training run): CUDA when it is
+available, else the CPU (loading a checkpoint by itself still defaults to the CPU); precision ``auto`` is bf16 where the device computes it natively (CUDA with bf16,
 x86 AVX512-BF16 or AMX, Arm BF16), else fp32.
 """
 

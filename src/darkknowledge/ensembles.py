@@ -25,6 +25,7 @@ from darkknowledge.executors import Outcome, run_tasks
 from darkknowledge.losses import COMBINE_METHODS, ensemble_probs
 from darkknowledge.teachers import Teacher
 
+
 @dataclass(frozen=True)
 class MemberTask:
     """One member to train (or resume): what ``member_task`` reads; any executor can carry it."""

@@ -111,13 +111,16 @@ def _with_threads(fn: Callable, arg: Any, threads: int) -> Any:
 
 
 class ProcessExecutor(Executor):
-    """A pool of ``workers`` spawned processes, each with its share of the cores as torch threads."""
+    """A pool of ``workers`` spawned processes, each with its share of this process's torch threads (which follow
+    OMP_NUM_THREADS and the cores it may use)."""
 
     def __init__(self, workers: int) -> None:
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        import torch
+
+        self.threads = max(1, torch.get_num_threads() // workers)
         self.pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
         self.started: dict[Any, float] = {}
 

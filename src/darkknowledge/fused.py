@@ -30,7 +30,6 @@ from torch import nn
 from darkknowledge.models import MLP
 
 
-
 class LossAndGrad(Protocol):
     """What the fused step needs of an objective: the loss and its closed-form gradient in the logits."""
 

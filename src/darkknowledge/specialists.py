@@ -43,8 +43,10 @@ from darkknowledge.teachers import OutputCache, Teacher, bank_logits_of, check_m
 from darkknowledge.training import HardLabels, SoftTargets, fit
 from darkknowledge.views import ViewBank
 
-__all__ = ["combine", "active_specialists", "prediction_covariance", "cluster_classes", "coverage",
-           "specialist_model", "HalfAndHalf", "specialist_task", "specialist_probs", "active_probs", "evaluate",
+__all__ = ["combine", "active_specialists", "prediction_covariance", "cluster_classes", "coverage", "Clusters",
+           "cluster_from_generalist", "superclass_agreement", "plot_clusters", "specialist_model", "HalfAndHalf",
+           "SpecialistTask", "specialist_task", "load_specialist", "specialist_checkpoints", "specialist_probs",
+           "active_probs", "combined_probs", "CombinedTeacher", "evaluate", "evaluate_teacher", "pool_coverage",
            "load_clusters", "save_clusters"]
 
 
@@ -564,9 +566,10 @@ class CombinedTeacher:
         """``[V * N, C]`` q on every view of ``bank`` (row ``v * N + n``), cached under the bank's key."""
         def compute() -> torch.Tensor:
             glogits = bank_logits_of(self.generalist, x, bank)  # [V, N, C]
-            padded = pad_for_jitter(x, bank.max_shift, bank.fill)
+            on_x = bank.to(x.device)
+            padded = pad_for_jitter(x, on_x.max_shift, on_x.fill)
             idx = torch.arange(len(x), device=x.device)
-            return torch.cat([self._combined(torch.softmax(glogits[v], -1), bank.images(padded, v, idx))
+            return torch.cat([self._combined(torch.softmax(glogits[v], -1), on_x.images(padded, v, idx))
                               for v in range(bank.views)])
 
         return self.cache.get(self._key(x, bank.key()), compute, x.device)

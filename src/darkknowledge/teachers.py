@@ -112,6 +112,7 @@ class OutputCache:
 
 def bank_logits_of(model: nn.Module, x: torch.Tensor, bank: "ViewBank", batch_size: int = 1024) -> torch.Tensor:
     """``[V, N, C]`` eval-mode logits of ``model`` on view ``bank.codes[v, n]`` of each image ``x[n]``."""
+    bank = bank.to(x.device)  # its codes index the padded images where they live
     padded = pad_for_jitter(x, bank.max_shift, bank.fill)
     out = []
     for v in range(bank.views):

@@ -80,6 +80,8 @@ class ViewBank:
         (``views`` 0) every view; filled with the inputs' background level, as ``fit`` pads them."""
         if not (max_shift or flip):
             raise DKError("a view bank needs an augmentation to draw views from: set jitter and/or flip")
+        if x.dim() not in (3, 4):
+            raise DKError(f"a view bank needs images [N, H, W] or [N, C, H, W]; the transfer set is {tuple(x.shape)}")
         fill = background_value(x)
         if views:
             return cls.random(len(x), views, max_shift, flip, fill)
@@ -105,7 +107,8 @@ class ViewBank:
                           f"{flip} and background {fill:g}")
 
     def images(self, padded: torch.Tensor, v: int, idx: torch.Tensor) -> torch.Tensor:
-        """Examples ``idx`` in their view of slot ``v`` (the teacher's inputs for those target rows)."""
+        """Examples ``idx`` in their view of slot ``v`` (the teacher's inputs for those target rows); the bank's
+        codes, ``padded`` and ``idx`` on one device (``to``)."""
         return apply_views(padded, idx, self.codes[v, idx].to(padded.device), self.max_shift, self.flip)
 
     def draw(self, padded: torch.Tensor, idx: torch.Tensor,

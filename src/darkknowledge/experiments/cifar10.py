@@ -32,7 +32,7 @@ from darkknowledge.device import resolve_device
 from darkknowledge.ensembles import MemberTask, evaluate_ensemble, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import errors_from_logits, predict_logits
-from darkknowledge.experiments.report import Experiment, save_figure, seed_row, values_row
+from darkknowledge.experiments.report import Experiment, relative_to, save_figure, seed_row, values_row
 from darkknowledge.experiments.runner import DONE, PENDING, Stage
 from darkknowledge.teachers import Teacher
 from darkknowledge.workflows import Result, distill, student_bank, train
@@ -166,7 +166,7 @@ def _choice(inputs: dict[str, Any]) -> float:
 
 def _teacher(inputs: dict[str, Any], device: torch.device, out: Path, combine: str = "arithmetic") -> Teacher:
     """The ensemble of the members the ensemble stage evaluated (its result names their checkpoints)."""
-    return Teacher.from_checkpoints(inputs["ensemble"]["member_checkpoints"], combine, device=device,
+    return Teacher.from_checkpoints([out / m for m in inputs["ensemble"]["member_checkpoints"]], combine, device=device,
                                     cache_dir=out / "cache")
 
 
@@ -198,15 +198,16 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     ckpt = out / "models" / stage.name.replace("/", "__")
     if stage.kind == "member":
         i = p["member"]
-        task = MemberTask(member_source(p["data_dir"]), scaled(MEMBER, sc, sc.member_epochs, i, device),
-                          str(out / "members" / f"member{i}"), f"member{i}", sc.val_size, sc.train_limit, progress)
+        task = MemberTask(data=member_source(p["data_dir"]), config=scaled(MEMBER, sc, sc.member_epochs, i, device),
+                          out=str(out / "members" / f"member{i}"), name=f"member{i}", val_size=sc.val_size,
+                          limit=sc.train_limit, progress=progress)
         result = member_task(task)  # the members' split is this one: same limit, same validation carve-out
         model, _, _ = load_checkpoint(task.out, device=dev)
         result["train_accuracy"] = _train_accuracy(model, data.x_train, data.y_train, data.num_classes)
-        return result
+        return {**result, "out": relative_to(out, task.out)}
     if stage.kind == "ensemble":
         paths = [inputs[name]["out"] for name in sorted(inputs, key=lambda k: int(k.split("/m")[1]))]
-        teacher = Teacher.from_checkpoints(paths, device=dev, cache_dir=out / "cache")
+        teacher = Teacher.from_checkpoints([out / m for m in paths], device=dev, cache_dir=out / "cache")
         result = evaluate_ensemble(teacher, data.x_test, data.y_test, data.num_classes)
         # The soft-target bank every student draws on, made as the students make it (``student_bank``):
         # paid here, once, and timed.
@@ -251,7 +252,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         return _summary(r, {"train_accuracy": _train_accuracy(r.model, x_small, y_small, data.num_classes)})
     if stage.kind == "soft_small":
         temperature = _choice(inputs)
-        teacher = Teacher.from_checkpoints([inputs[f"member/m{p['seed']}"]["out"]], device=dev,
+        teacher = Teacher.from_checkpoints([out / inputs[f"member/m{p['seed']}"]["out"]], device=dev,
                                            cache_dir=out / "cache")
         r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=temperature),
                     TransferConfig(view_bank=sc.small_views), transfer=(x_small, y_small), out=ckpt, resume=True,

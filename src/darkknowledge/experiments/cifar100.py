@@ -34,7 +34,7 @@ from darkknowledge.device import resolve_device
 from darkknowledge.ensembles import MemberTask, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import predict_logits
-from darkknowledge.experiments.report import Experiment, values_row
+from darkknowledge.experiments.report import Experiment, relative_to, values_row
 from darkknowledge.experiments.runner import DONE, FAILED, Stage
 from darkknowledge.workflows import distill, student_bank
 
@@ -152,16 +152,17 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     dev = resolve_device(device)
     data, (x_val, y_val) = _split(p["data_dir"], sc)
     if stage.kind == "generalist":
-        task = MemberTask(source(p["data_dir"]), _scaled(GENERALIST, sc, sc.generalist_epochs, seed, device),
-                          str(_generalist_dir(out, seed)), f"generalist{seed}", sc.val_size, sc.train_limit, progress)
+        task = MemberTask(data=source(p["data_dir"]), config=_scaled(GENERALIST, sc, sc.generalist_epochs, seed, device),
+                          out=str(_generalist_dir(out, seed)), name=f"generalist{seed}", val_size=sc.val_size,
+                          limit=sc.train_limit, progress=progress)
         result = member_task(task)
         model, _, _ = load_checkpoint(task.out, device=dev)
         val = _probs(model, x_val.to(dev))
         result["val_accuracy"] = float((val.argmax(1).cpu() == y_val).float().mean())
-        return result
+        return {**result, "out": relative_to(out, task.out)}
     if stage.kind == "cluster":
         generalist = inputs[f"generalist/s{seed}"]["out"]
-        model, _, _ = load_checkpoint(generalist, device=dev)
+        model, _, _ = load_checkpoint(out / generalist, device=dev)
         clusters = sp.cluster_from_generalist(model, x_val.to(dev), ClusterConfig(sc.specialists, sc.max_classes,
                                                                                   cluster_seed=seed))
         result: dict[str, Any] = {"subsets": clusters.subsets, "coverage": clusters.coverage_counts(),
@@ -178,18 +179,21 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         cluster = inputs[f"cluster/s{seed}"]
         soft = p["variant"] == "soft"
         task = sp.SpecialistTask(
-            source(p["data_dir"]), cluster["generalist"], tuple(cluster["subsets"][p["m"]]), stage.name,
-            str(_specialist_dir(out, seed, p["m"], p["variant"])),
-            _scaled(SPECIALIST, sc, sc.specialist_epochs, seed * 1000 + p["m"], device),
-            SpecialistConfig(sc.soft_weight if soft else 0.0, sc.soft_temperature, sc.views),
-            sc.val_size, sc.train_limit, str(out / "cache"), progress)
-        return sp.specialist_task(task)
+            data=source(p["data_dir"]), generalist=str(out / cluster["generalist"]),
+            subset=tuple(cluster["subsets"][p["m"]]), name=stage.name,
+            out=str(_specialist_dir(out, seed, p["m"], p["variant"])),
+            config=_scaled(SPECIALIST, sc, sc.specialist_epochs, seed * 1000 + p["m"], device),
+            specialist=SpecialistConfig(soft_weight=sc.soft_weight if soft else 0.0,
+                                        temperature=sc.soft_temperature, views=sc.views),
+            val_size=sc.val_size, limit=sc.train_limit, cache_dir=str(out / "cache"), progress=progress)
+        return {**sp.specialist_task(task), "out": relative_to(out, task.out)}
     if stage.kind == "combine":
-        return _combine(inputs[f"generalist/s{seed}"]["out"], [r["out"] for r in _specialist_results(inputs)], sc,
-                        data, x_val, y_val, p["variant"], dev)
+        return _combine(out, inputs[f"generalist/s{seed}"]["out"], [r["out"] for r in _specialist_results(inputs)],
+                        sc, data, x_val, y_val, p["variant"], dev)
     if stage.kind == "distilled_back":  # an ordinary distillation, from the combination as the teacher
         combined = inputs[f"combine/s{seed}"]
-        teacher = sp.CombinedTeacher.from_checkpoints(combined["generalist"], combined["specialist_checkpoints"],
+        teacher = sp.CombinedTeacher.from_checkpoints(out / combined["generalist"],
+                                                      [out / c for c in combined["specialist_checkpoints"]],
                                                       combined["top_n"], device=dev, cache_dir=out / "cache")
         cfg = _scaled(DISTILLED, sc, sc.distill_epochs, seed, device)
         r = distill(stage.name, data, teacher, cfg, DISTILL, TransferConfig(view_bank=sc.views),
@@ -198,15 +202,18 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         q = teacher.bank_probs(data.x_train.to(dev), bank)  # cached: what the student learnt from
         return {"test_errors": r.test["errors"], "test_size": r.test["test_size"], "accuracy": r.test["accuracy"],
                 "epochs": len(r.history), "seconds": round(r.seconds, 2), "temperature": DISTILL.temperature,
-                "views": sc.views, "targets_seconds": round(teacher.cache.compute_seconds, 2),
+                "views": sc.views, "targets_seconds": round(teacher.cache.compute_seconds, 2),  # 0 when read from the cache
+                "targets_from_cache": teacher.cache.misses == 0,
                 "train_combined_accuracy": float((q.argmax(1).cpu() == data.y_train.repeat(sc.views)).float().mean())}
     raise DKError(f"unknown stage kind {stage.kind!r}")
 
 
-def _combine(generalist: str, specialists: list[str], sc: Scale, data, x_val, y_val, variant: str,
+def _combine(out: Path, generalist: str, specialists: list[str], sc: Scale, data, x_val, y_val, variant: str,
              dev) -> dict[str, Any]:
-    gen, _, _ = load_checkpoint(generalist, device=dev)
-    specs = [sp.load_specialist(d, device=dev) for d in specialists]
+    """The combination on the test set, top_n chosen on validation; ``generalist`` and ``specialists`` are
+    checkpoint paths relative to ``out`` (and recorded so for the distilled-back stage)."""
+    gen, _, _ = load_checkpoint(out / generalist, device=dev)
+    specs = [sp.load_specialist(out / d, device=dev) for d in specialists]
     subsets = [s for _, s, _ in specs]
     # top_n (how many of the generalist's classes wake specialists) chosen on the validation split.
     x_val, y_val = x_val.to(dev), y_val.to(dev)

@@ -24,7 +24,7 @@ from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, pac
 from darkknowledge.data import Dataset, load_mnist
 from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
-from darkknowledge.experiments.report import Experiment, fmt_measured, save_figure, seed_row
+from darkknowledge.experiments.report import Experiment, fmt_measured, relative_to, save_figure, seed_row
 from darkknowledge.experiments.runner import DONE, Stage
 from darkknowledge.models import build_model
 from darkknowledge.teachers import Teacher
@@ -171,14 +171,11 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     return stages
 
 
-
-
 def _summary(r: Result) -> dict[str, Any]:
     return {"test_errors": r.test["errors"], "test_size": r.test["test_size"],
             "per_class_errors": r.test["per_class_errors"], "transfer_size": r.transfer_size,
             "epochs": len(r.history), "loss_max": max((h["loss_max"] for h in r.history), default=None),
-            "curve": [(h["epoch"], h["test_errors"]) for h in r.history if "test_errors" in h],
-            "checkpoint": str(r.checkpoint)}
+            "curve": [(h["epoch"], h["test_errors"]) for h in r.history if "test_errors" in h]}
 
 
 def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -190,13 +187,14 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     ckpt = out / "models" / stage.name.replace("/", "__")
     if stage.kind == "teacher":
         cfg = scaled(teacher_recipe(sc), sc, sc.teacher_epochs, seed, device)
-        return _summary(train("teacher", data, cfg, out=out / "teachers" / f"seed{seed}", resume=True,
-                              progress=progress))
+        teacher_dir = out / "teachers" / f"seed{seed}"
+        return {**_summary(train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress)),
+                "checkpoint": relative_to(out, teacher_dir)}
     if stage.kind == "student":
         cfg = scaled(STUDENT, sc, sc.student_epochs, seed, device)
         return _summary(train("student", data, cfg, out=ckpt, resume=True, progress=progress))
     (teacher_result,) = inputs.values()
-    teacher = Teacher.from_checkpoints([teacher_result["checkpoint"]], device=resolve_device(device),
+    teacher = Teacher.from_checkpoints([out / teacher_result["checkpoint"]], device=resolve_device(device),
                                        cache_dir=out / "cache")
     cfg = scaled(DISTILLED, sc, sc.student_epochs, seed, device)
     if stage.kind == "distilled":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -120,6 +121,12 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def relative_to(out: str | Path, path: str | Path) -> str:
+    """``path`` as a stage result records it for the stages that need it: relative to the reproduction's output
+    directory (they join it to theirs), so a run resumes from another working directory or after a move."""
+    return os.path.relpath(Path(path).resolve(), Path(out).resolve())
+
+
 def check_run(scales: dict[str, Any], scale: str, seeds: int | None, workers: int) -> tuple[Any, int]:
     """``(scales[scale], seeds or the scale's default)``; an unknown scale or a count < 1 is a DKError."""
     if scale not in scales:
@@ -170,8 +177,8 @@ MANIFEST = "reproduction.json"
 OUT_PARTS = ("stages", "models", "teachers", "members", "generalists", "specialists", "clusters", "cache")
 
 
-def prepare_out(out: Path, scale: str, resume: bool, overwrite: bool) -> None:
-    """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same scale as before."""
+def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite: bool) -> None:
+    """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same experiment and scale."""
     manifest = out / MANIFEST
     if manifest.is_file():
         previous = json.loads(manifest.read_text())
@@ -179,6 +186,8 @@ def prepare_out(out: Path, scale: str, resume: bool, overwrite: bool) -> None:
             if "experiment" not in previous:  # its stages' results lack what stages now pass to each other
                 raise DKError(f"cannot resume {out}: it was started by an older darkknowledge, whose stages did not "
                               "pass their results on; start it again with --overwrite")
+            if previous["experiment"] != experiment:
+                raise DKError(f"cannot resume {out}: it is a {previous['experiment']} reproduction, not {experiment}")
             if previous.get("scale") != scale:
                 raise DKError(f"cannot resume {out}: it is a {previous.get('scale')!r}-scale reproduction, "
                               f"not {scale!r}")
@@ -233,7 +242,7 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
     exp.check_data(str(data_dir), sc)
     out = Path(out)
     with open_executor(executor, workers, address=address, cpus_per_task=None) as ex:
-        prepare_out(out, scale, resume, overwrite)
+        prepare_out(out, exp.name, scale, resume, overwrite)
         atomic_write_json(out / MANIFEST, {"experiment": exp.name, "scale": scale, "seeds": seeds,
                                            "data_dir": str(data_dir), "device": str(dev), "commit": git_commit(),
                                            "executor": executor})

@@ -106,6 +106,7 @@ def run_stages(stages: list[Stage], execute: Callable[[Stage, dict[str, Any]], d
                bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}", mininterval=1.0)
 
     def finish(stage: Stage, record: dict[str, Any]) -> None:
+        record = json.loads(json.dumps(record))  # as a resumed run reads it back: dependants see one form
         records[stage.name] = record
         atomic_write_json(stage_path(out, stage.name), record)
         bar.update(stage.cost)
