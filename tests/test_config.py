@@ -56,3 +56,16 @@ def test_yaml_recipe(tmp_path):
         load_yaml(p)
     with pytest.raises(DKError, match="cannot read recipe"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_every_command_s_config_classes_share_no_key():
+    """A key owned by two classes would route one value to one of them silently: build_configs refuses."""
+    import pytest
+
+    from darkknowledge.cli import COMMAND_CONFIGS
+    from darkknowledge.config import DistillConfig, SpecialistConfig, TrainConfig, build_configs
+
+    for classes in [*COMMAND_CONFIGS.values(), (TrainConfig, SpecialistConfig)]:
+        build_configs(classes, {})
+    with pytest.raises(ValueError, match="is a field of both DistillConfig and SpecialistConfig"):
+        build_configs((DistillConfig, SpecialistConfig), {})

@@ -215,6 +215,8 @@ def build_configs(classes: tuple[type, ...], overrides: dict[str, Any], source: 
     owner: dict[str, tuple[type, Any]] = {}
     for cls in classes:
         for name, (_, ann) in config_fields(cls).items():
+            if name in owner:  # a key must have one meaning: two classes sharing it would take one value silently
+                raise ValueError(f"config key {name!r} is a field of both {owner[name][0].__name__} and {cls.__name__}")
             owner[name] = (cls, ann)
     kwargs: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
     for key, value in overrides.items():
