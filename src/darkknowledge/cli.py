@@ -381,9 +381,9 @@ def cmd_specialists_evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     data = load_data(args.data)
-    _generalist(args.generalist, data, device)  # its class count checked against the data's
     teacher = sp.CombinedTeacher.from_checkpoints(args.generalist, sp.specialist_checkpoints(args.specialists),
                                                   args.top_n, device=device)
+    teacher.check_fits(data)  # the generalist's classes and inputs against the data's
     result = sp.evaluate_teacher(teacher, data.x_test.to(device), data.y_test.to(device))
     if args.json:
         print(json.dumps(result, indent=2))

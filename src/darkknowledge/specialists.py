@@ -39,7 +39,8 @@ from darkknowledge.data import load_split, pad_for_jitter
 from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import predict_logits
-from darkknowledge.teachers import OutputCache, Teacher, bank_logits_of, check_model_fits, model_digest, output_size
+from darkknowledge.teachers import (OutputCache, Teacher, bank_logits_of, check_model_fits, model_digest, output_key,
+                                    output_size)
 from darkknowledge.training import HardLabels, SoftTargets, fit
 from darkknowledge.views import ViewBank
 
@@ -549,17 +550,12 @@ class CombinedTeacher:
         h.update(f"top_n={self.top_n}".encode())
         return h.hexdigest()
 
-    def _key(self, x: torch.Tensor, view: str) -> str:
-        from darkknowledge.teachers import tensor_digest
-
-        return hashlib.sha256(f"{self.fingerprint()}|{tensor_digest(x)}|{view}".encode()).hexdigest()
-
     def _combined(self, generalist_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return combined_probs(generalist_probs, self.specialists, x, self.top_n)[0].float()
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, C]`` the combined distribution q on ``x`` (T = 1), cached."""
-        return self.cache.get(self._key(x, "plain"), lambda: self._combined(
+        return self.cache.get(output_key(self.fingerprint(), x, "plain"), lambda: self._combined(
             torch.softmax(predict_logits(self.generalist, x), -1), x), x.device)
 
     def bank_probs(self, x: torch.Tensor, bank: ViewBank) -> torch.Tensor:
@@ -572,7 +568,7 @@ class CombinedTeacher:
             return torch.cat([self._combined(torch.softmax(glogits[v], -1), on_x.images(padded, v, idx))
                               for v in range(bank.views)])
 
-        return self.cache.get(self._key(x, bank.key()), compute, x.device)
+        return self.cache.get(output_key(self.fingerprint(), x, bank.key()), compute, x.device)
 
     def soft_targets(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
         return torch.softmax(self.probs(x).clamp_min(1e-30).log() / temperature, -1)

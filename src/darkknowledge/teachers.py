@@ -54,6 +54,11 @@ def model_digest(model: nn.Module, arch: str = "") -> str:
     return h.hexdigest()
 
 
+def output_key(fingerprint: str, x: torch.Tensor, view: str = "plain") -> str:
+    """The cache key of a teacher's outputs: its fingerprint, the transfer set's SHA-256 and the view name."""
+    return hashlib.sha256(f"{fingerprint}|{tensor_digest(x)}|{view}".encode()).hexdigest()
+
+
 class TeacherLike(Protocol):
     """What ``workflows.distill`` needs of a teacher."""
 
@@ -187,7 +192,7 @@ class Teacher:
         return h.hexdigest()
 
     def cache_key(self, x: torch.Tensor, view: str = "plain") -> str:
-        return hashlib.sha256(f"{self.fingerprint()}|{tensor_digest(x)}|{view}".encode()).hexdigest()
+        return output_key(self.fingerprint(), x, view)
 
     def member_logits(self, x: torch.Tensor, view: str = "plain") -> torch.Tensor:
         """``[M, N, C]`` eval-mode logits of every member on ``x``, cached by (teacher, data, view)."""
