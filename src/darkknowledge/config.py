@@ -19,7 +19,7 @@ from darkknowledge.errors import DKError
 from darkknowledge.losses import COMBINE_METHODS
 from darkknowledge.models import check_arch
 
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -36,8 +36,10 @@ class TrainConfig:
     batch_size: int = _help("examples per SGD step", 128)
     lr: float = _help("peak learning rate of SGD with momentum", 0.05)
     momentum: float = _help("SGD momentum", 0.9)
+    nesterov: bool = _help("Nesterov momentum", False)
     weight_decay: float = _help("L2 weight decay (0: none, as for the paper's unregularised students)", 0.0)
     lr_schedule: str = _help(f"learning-rate schedule over all steps: {', '.join(LR_SCHEDULES)}", "cosine")
+    label_smoothing: float = _help("hard-label cross-entropy against (1 - s) x the label + s x uniform (0: plain)", 0.0)
     warmup_epochs: float = _help("epochs of linear learning-rate warm-up to lr before the schedule (capped at the run)",
                                  0.0)
     jitter: int = _help("random translation of training inputs by up to this many pixels, filled with the background "
@@ -58,6 +60,10 @@ class TrainConfig:
         check_arch(self.arch)
         _positive(self, "epochs", "batch_size", "lr", "eval_every")
         _non_negative(self, "momentum", "weight_decay", "jitter", "warmup_epochs", "grad_clip")
+        if not 0 <= self.label_smoothing < 1:
+            raise DKError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.nesterov and self.momentum == 0:
+            raise DKError("nesterov needs a momentum above 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise DKError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
         if self.precision not in PRECISIONS:
@@ -108,8 +114,14 @@ class TransferConfig:
     view_bank: int = _help("augmented views per transfer image (the student's jitter/flip), each with the teacher's "
                            "soft targets on that view, computed once and cached (0: the plain transfer set)", 0)
 
+    mixup: float = _help("beyond the paper: mixup alpha of the view bank (Beyer et al. 2022): every view but the plain "
+                         "one mixes its image with a seeded partner at a Beta(alpha, alpha) weight, the teacher's "
+                         "targets computed on the mixed image (0: unmixed views; needs view_bank)", 0.0)
+
     def __post_init__(self) -> None:
-        _non_negative(self, "jitter_views", "view_bank")
+        _non_negative(self, "jitter_views", "view_bank", "mixup")
+        if self.mixup and not self.view_bank:
+            raise DKError("mixup mixes the views of a bank: give view_bank > 0 with it")
         if self.jitter_views and self.view_bank:
             raise DKError("give jitter_views or view_bank, not both")
         if not 0 < self.fraction <= 1:

@@ -91,9 +91,11 @@ def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, 
                      on_outcome=on_outcome)
 
 
-def evaluate_ensemble(teacher: Teacher, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    """Test errors of every member and of the ensemble under each mean (T = 1)."""
-    logits = teacher.member_logits(x)
+def evaluate_ensemble(teacher: Teacher, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                      tta: int = 0) -> dict[str, Any]:
+    """Test errors of every member and of the ensemble under each mean (T = 1); ``tta``: each member's logits
+    averaged over the test-time views first (``evaluation.tta_views``), as for a single net."""
+    logits = teacher.member_logits(x, tta=tta)
     out: dict[str, Any] = {"members": [errors_from_logits(z, y, num_classes)["errors"] for z in logits],
                            "test_size": len(y)}
     for method in COMBINE_METHODS:

@@ -10,13 +10,49 @@ from torch import nn
 from darkknowledge.errors import DKError
 
 
+TTA_LEVELS = {0: "none", 1: "mirror (2 views)", 2: "mirror x (none, 1-pixel shifts up-left and down-right) (6 views)"}
+
+
+def _shift(x: torch.Tensor, d: int) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` moved by one pixel along both axes (``d`` = 1: content moves down-right; -1:
+    up-left), the edge filled by reflection; any dtype."""
+    padded = torch.cat([x[..., 1:2, :], x, x[..., -2:-1, :]], -2)
+    padded = torch.cat([padded[..., 1:2], padded, padded[..., -2:-1]], -1)
+    h, w = x.shape[-2:]
+    o = 1 - d
+    return padded[..., o:o + h, o:o + w]
+
+
+def tta_views(x: torch.Tensor, level: int) -> list[tuple[torch.Tensor, float]]:
+    """The test-time views of images ``x`` and their weights (summing to 1): level 0 the images; 1 with their
+    mirrors; 2 (airbench's) half on the image and its mirror, half on the mirrored pair shifted by one pixel
+    up-left and down-right."""
+    if level not in TTA_LEVELS:
+        raise DKError(f"unknown test-time augmentation level {level}; allowed: "
+                      + ", ".join(f"{k} ({v})" for k, v in TTA_LEVELS.items()))
+    if level == 0:
+        return [(x, 1.0)]
+    if x.dim() != 4:
+        raise DKError(f"test-time augmentation needs images [N, C, H, W]; got {tuple(x.shape)}")
+    mirror = [(x, 0.5), (x.flip(-1), 0.5)]
+    if level == 1:
+        return mirror
+    shifted = [_shift(v, d) for d in (-1, 1) for v, _ in mirror]
+    return [(v, 0.25) for v, _ in mirror] + [(v, 0.125) for v in shifted]
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
-    """Eval-mode logits ``[N, C]`` in batches on ``x``'s device; the model's train/eval mode is restored."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192, tta: int = 0) -> torch.Tensor:
+    """Eval-mode logits ``[N, C]`` in batches on ``x``'s device; the model's train/eval mode is restored.
+    ``tta``: test-time augmentation level (``tta_views``): the weighted mean of the logits over the views."""
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+        out = []
+        for i in range(0, len(x), batch_size):
+            views = tta_views(x[i:i + batch_size], tta)
+            out.append(sum(w * model(v).float() for v, w in views))
+        return torch.cat(out)
     finally:
         model.train(was_training)
 
@@ -43,9 +79,10 @@ def errors_from_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int) 
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-             bias: torch.Tensor | None = None) -> dict:
-    """Evaluate at T = 1 (deployment), optionally with additive output-bias offsets ``[C]``."""
-    logits = predict_logits(model, x)
+             bias: torch.Tensor | None = None, tta: int = 0) -> dict:
+    """Evaluate at T = 1 (deployment), optionally with additive output-bias offsets ``[C]`` and test-time
+    augmentation (``tta_views``)."""
+    logits = predict_logits(model, x, tta=tta)
     if bias is not None:
         logits = logits + bias.to(logits.device)
     return errors_from_logits(logits, y, num_classes)

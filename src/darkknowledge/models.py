@@ -166,6 +166,104 @@ class ResNetS(nn.Module):
         self.norm.calibrate_norm(mean, std)
 
 
+class PatchWhitening(nn.Module):
+    """A frozen 2x2 convolution that whitens image patches (airbench's first layer).
+
+    ``calibrate(x)`` sets its filters from the training images' 2x2 patches: the eigenvectors of their
+    covariance scaled by ``1 / sqrt(eigenvalue + eps)``, each also negated (``2 * C * 4`` channels: the
+    GELU after it then passes both signs). The filters never train; the bias does."""
+
+    def __init__(self, channels: int, eps: float = 5e-4) -> None:
+        super().__init__()
+        self.eps = eps
+        self.conv = nn.Conv2d(channels, 2 * channels * 4, 2, bias=True)
+        self.conv.weight.requires_grad_(False)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """``x``: normalised training images ``[N, C, H, W]`` (a few thousand are plenty)."""
+        c = x.shape[1]
+        patches = x.float().unfold(2, 2, 1).unfold(3, 2, 1)  # [N, C, H-1, W-1, 2, 2]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * 4).double()
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + self.eps)[:, None]).view(-1, c, 2, 2)
+        self.conv.weight.copy_(torch.cat([filters, -filters]).to(self.conv.weight.dtype))
+
+
+def _frozen_scale_bn(channels: int, momentum: float) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels, momentum=momentum)
+    bn.weight.requires_grad_(False)  # airbench: scales fixed at 1, only the shifts train
+    return bn
+
+
+class ConvGroup(nn.Module):
+    """conv -> 2x2 max-pool -> BN -> GELU -> conv -> BN -> GELU (half the resolution, no residual)."""
+
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), _frozen_scale_bn(c_out, bn_momentum),
+            nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), _frozen_scale_bn(c_out, bn_momentum),
+            nn.GELU())
+        for m in self.net:  # identity on the first c_in filters: the group starts close to a pass-through
+            if isinstance(m, nn.Conv2d):
+                nn.init.dirac_(m.weight[:min(m.in_channels, m.out_channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class AirNet(nn.Module):
+    """A fast CIFAR net after airbench (Keller Jordan's cifar10-airbench), written here from its techniques:
+    input norm -> frozen 2x2 patch whitening -> GELU -> three conv groups of widths ``widths`` (each halves
+    the resolution) -> 3x3 max-pool -> linear without bias, its logits scaled by ``1/9``.
+
+    Batch norms keep their scales at 1 and move their statistics fast (momentum 0.4, airbench's 0.6 in
+    its convention); their shifts train at ``bias_lr_scale`` times the learning rate (``param_groups``),
+    with the same decay per step as every other weight. widths 64/256/256: 1.97 M parameters.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, int, int] = (64, 256, 256),
+                 bn_momentum: float = 0.4, bias_lr_scale: float = 64.0) -> None:
+        super().__init__()
+        self.bias_lr_scale = bias_lr_scale
+        self.norm = InputNorm(in_channels)
+        self.whiten = PatchWhitening(in_channels)
+        w0 = self.whiten.conv.out_channels
+        self.features = nn.Sequential(nn.GELU(), ConvGroup(w0, widths[0], bn_momentum),
+                                      ConvGroup(widths[0], widths[1], bn_momentum),
+                                      ConvGroup(widths[1], widths[2], bn_momentum),
+                                      nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.logit_scale = 1 / 9
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.whiten(self.norm(x)))) * self.logit_scale
+
+    def calibrate_norm(self, mean: list[float], std: list[float]) -> None:
+        self.norm.calibrate_norm(mean, std)
+
+    @torch.no_grad()
+    def calibrate_whitening(self, x: torch.Tensor, sample: int = 5000) -> None:
+        """Whitening filters from the first ``sample`` training images (after ``calibrate_norm``)."""
+        xs = x[:sample].to(self.norm.mean.device)
+        self.whiten.calibrate(self.norm(xs))
+
+    def param_groups(self) -> list[dict]:
+        """Batch-norm shifts at ``bias_lr_scale`` x the learning rate (airbench), the rest at 1 x."""
+        shifts = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        ids = {id(p) for p in shifts}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "lr_scale": 1.0}, {"params": shifts, "lr_scale": self.bias_lr_scale}]
+
+
 class Normalized(nn.Module):
     """Any image classifier behind an ``InputNorm`` (how torchvision models enter the registry)."""
 
@@ -210,6 +308,11 @@ def _resnet_s(width: int) -> Callable[[tuple[int, ...], int], nn.Module]:
     return lambda in_shape, num_classes: ResNetS(_channels(in_shape, f"resnet-s-w{width}"), num_classes, width)
 
 
+def _airnet(widths: tuple[int, int, int]) -> Callable[[tuple[int, ...], int], nn.Module]:
+    name = f"airnet-{'-'.join(map(str, widths))}"
+    return lambda in_shape, num_classes: AirNet(_channels(in_shape, name), num_classes, widths)
+
+
 def _torchvision(name: str) -> Callable[[tuple[int, ...], int], nn.Module]:
     def build(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         try:
@@ -236,10 +339,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mlp-30x2": ArchSpec(_mlp((30, 30)), "tiny student for the T x width sweep: 2x30 ReLU"),
     "resnet-s-w{W}": ArchSpec(_resnet_s(16), "small residual CNN for 32x32 colour images, stem width W "
                               "(e.g. resnet-s-w16: 0.14 M parameters; resnet-s-w32: 0.57 M)"),
+    "airnet-{A}-{B}-{C}": ArchSpec(_airnet((64, 256, 256)), "fast CIFAR net after airbench: frozen patch whitening, "
+                                   "three conv groups of widths A, B, C (airnet-64-256-256: 1.97 M parameters, "
+                                   "airnet-32-128-128: 0.50 M)"),
     "torchvision:{NAME}": ArchSpec(_torchvision("resnet18"), "any torchvision classification model by name, "
                                    "e.g. torchvision:resnet18 (needs torchvision)"),
 }
 _PATTERNS = ((re.compile(r"resnet-s-w([1-9]\d{0,3})"), lambda m: _resnet_s(int(m.group(1)))),
+             (re.compile(r"airnet-([1-9]\d{0,3})-([1-9]\d{0,3})-([1-9]\d{0,3})"),
+              lambda m: _airnet((int(m.group(1)), int(m.group(2)), int(m.group(3))))),
              (re.compile(r"torchvision:([A-Za-z0-9_.]+)"), lambda m: _torchvision(m.group(1))))
 CUSTOM_PREFIX = "custom:"  # a user's own nn.Module, trained from Python; not buildable by name
 

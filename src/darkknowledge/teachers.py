@@ -194,10 +194,12 @@ class Teacher:
     def cache_key(self, x: torch.Tensor, view: str = "plain") -> str:
         return output_key(self.fingerprint(), x, view)
 
-    def member_logits(self, x: torch.Tensor, view: str = "plain") -> torch.Tensor:
-        """``[M, N, C]`` eval-mode logits of every member on ``x``, cached by (teacher, data, view)."""
-        return self.cache.get(self.cache_key(x, view),
-                              lambda: torch.stack([predict_logits(m.to(x.device), x) for m in self.members]), x.device)
+    def member_logits(self, x: torch.Tensor, view: str = "plain", tta: int = 0) -> torch.Tensor:
+        """``[M, N, C]`` eval-mode logits of every member on ``x``, cached by (teacher, data, view); ``tta``: each
+        member's mean over the test-time views (``evaluation.tta_views``), cached apart."""
+        key = self.cache_key(x, view if not tta else f"{view}:tta{tta}")
+        return self.cache.get(key, lambda: torch.stack([predict_logits(m.to(x.device), x, tta=tta)
+                                                        for m in self.members]), x.device)
 
     def bank_logits(self, x: torch.Tensor, bank: "ViewBank") -> torch.Tensor:
         """``[M, V, N, C]`` eval-mode logits of every member on every view of ``bank`` (``bank_logits_of``),

@@ -44,16 +44,23 @@ class HardLabels:
     """Ordinary cross-entropy with the true labels (the baseline students and the teacher)."""
 
     labels: torch.Tensor  # [N]
+    smoothing: float = 0.0  # label smoothing: the target is (1 - s) x the label + s x uniform
     bank: ClassVar[None] = None  # a fresh random view per step (``views.RandomViews``)
 
     def to(self, device: torch.device) -> "HardLabels":
-        return HardLabels(self.labels.to(device))
+        return HardLabels(self.labels.to(device), self.smoothing)
 
     def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, self.labels[idx])
+        return F.cross_entropy(logits, self.labels[idx], label_smoothing=self.smoothing)
 
     def loss_and_grad(self, logits: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return distillation_loss_and_grad(logits, None, 1.0, self.labels[idx], soft_weight=0.0, hard_weight=1.0)
+        if not self.smoothing:
+            return distillation_loss_and_grad(logits, None, 1.0, self.labels[idx], soft_weight=0.0, hard_weight=1.0)
+        logits = logits.float()
+        target = torch.full_like(logits, self.smoothing / logits.shape[-1])
+        target.scatter_add_(1, self.labels[idx][:, None], torch.full_like(logits[:, :1], 1 - self.smoothing))
+        log_p = F.log_softmax(logits, -1)
+        return -(target * log_p).sum(-1).mean(), (log_p.exp() - target) / len(logits)
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,8 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         return cfg.lr * (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return cfg.lr
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (total - step) / (total - warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
@@ -179,10 +188,21 @@ def _restore_optim(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -
     opt.load_state_dict(state)
 
 
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The model's parameter groups (its own ``param_groups()``, each with an ``lr_scale``, or one group of
+    every trainable parameter). A group's weight decay is divided by its ``lr_scale``: every weight decays by
+    the same fraction per step."""
+    groups = model.param_groups() if hasattr(model, "param_groups") else [
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    return [{**g, "params": list(g["params"]), "lr": cfg.lr * g["lr_scale"],
+             "weight_decay": cfg.weight_decay / g["lr_scale"]} for g in groups]
+
+
 def make_sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
-    """SGD with momentum; PyTorch's fused kernel (one pass per tensor) on CPU and CUDA."""
+    """SGD with (Nesterov) momentum; PyTorch's fused kernel (one pass per tensor) on CPU and CUDA. ``params``:
+    parameters, or groups with an ``lr_scale`` (``param_groups``)."""
     params = list(params)
-    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if device.type in ("cpu", "cuda"):
         try:
             return torch.optim.SGD(params, fused=True, **kwargs)
@@ -264,11 +284,13 @@ def fit(
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model.to(device)
+    if isinstance(objective, HardLabels) and cfg.label_smoothing and not objective.smoothing:
+        objective = HardLabels(objective.labels, cfg.label_smoothing)
     objective = objective.to(device)
     if x_test is not None:
         x_test, y_test = x_test.to(device), y_test.to(device)
     num_classes = _output_size(model, x[:1].to(device))
-    opt = make_sgd(model.parameters(), cfg, device)
+    opt = make_sgd(param_groups(model, cfg), cfg, device)
     train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE}
     train_cfg["precision"] = precision  # as resolved: "auto" may mean another thing on another machine
     history: list[dict[str, Any]] = []
@@ -287,6 +309,8 @@ def fit(
         model.calibrate_input(background)  # a fresh start: the input shift is the inputs' background
     elif hasattr(model, "calibrate_norm") and x.dim() == 4:
         model.calibrate_norm(*channel_stats(x))  # images: the training inputs' per-channel statistics
+        if hasattr(model, "calibrate_whitening"):
+            model.calibrate_whitening(x)  # a frozen first layer from the training inputs' patch statistics
 
     step: FusedMLPStep | AutogradStep
     if cfg.fused and not cfg.compile and FusedMLPStep.supports(model):  # --compile asks for autograd
@@ -322,8 +346,9 @@ def fit(
         clipped = torch.zeros((), device=device)
         for i, step_index in enumerate(range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)):
             xb, rows = views.draw(source, perm[i * bs:(i + 1) * bs], gen)
+            lr = lr_at(cfg, step_index, steps_per_epoch)
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step_index, steps_per_epoch)
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = step(xb, objective, rows, gen)
             loss_sum += loss * len(rows)
             torch.maximum(loss_max, loss, out=loss_max)

@@ -99,7 +99,7 @@ def student_bank(x: torch.Tensor, cfg: TrainConfig, tcfg: TransferConfig) -> tup
         cfg = replace(cfg, jitter=tcfg.jitter_views)
         return cfg, ViewBank.for_student(x, cfg.jitter, cfg.flip)
     if tcfg.view_bank:
-        return cfg, ViewBank.for_student(x, cfg.jitter, cfg.flip, tcfg.view_bank)
+        return cfg, ViewBank.for_student(x, cfg.jitter, cfg.flip, tcfg.view_bank, tcfg.mixup)
     return cfg, None
 
 
