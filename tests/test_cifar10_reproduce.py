@@ -7,7 +7,8 @@ import pytest
 from conftest import dk, run_dk
 
 EXPERIMENTS = {"single", "ensemble", "ensemble_geometric", "distilled_from_ensemble", "distilled_from_geometric",
-               "gain_kept_percent", "hard_3pct", "soft_3pct", "hard_100pct", "gap_recovered_percent"}
+               "gain_kept_percent", "hard_3pct", "soft_3pct", "hard_100pct", "gap_recovered_percent", "single_long",
+               "single_tta", "ensemble_tta", "distilled_from_ensemble_tta", "gain_kept_tta_percent"}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,13 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
         row = rows[name]
         assert row["status"] == "done", (name, row)
         assert {"metric", "paper", "mean", "std", "seeds", "values", "seconds"} <= set(row)
-    for name in ("single", "ensemble", "distilled_from_ensemble", "hard_3pct", "soft_3pct"):
+    for name in ("single", "ensemble", "distilled_from_ensemble", "hard_3pct", "soft_3pct", "single_long",
+                 "single_tta", "ensemble_tta", "distilled_from_ensemble_tta"):
         assert 0 <= rows[name]["mean"] <= 100
+    # The students train twice the members' epochs: the gain kept is measured against the equal-budget single net.
+    assert "equal-budget" in rows["gain_kept_percent"]["note"]
+    long = json.loads((out / "stages" / "single-long__s0.json").read_text())["result"]
+    assert long["epochs"] == 2 and long["tta"] == 1
     assert res["stages_done"] == res["stages_total"] and res["test_size"] == 10_000
     assert {s["temperature"] for s in res["temperature_selection"]} == {2.0, 5.0}
     tc = res["teacher_cost"]
@@ -45,7 +51,7 @@ def test_resume_of_a_finished_reproduction_runs_nothing(smoke, cifar_dir):
     r = dk("reproduce", "cifar10", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
                "--resume", "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "resuming: 9 of 9 stages already done" in r.stderr
+    assert "resuming: 10 of 10 stages already done" in r.stderr
 
 
 def test_reproduce_cifar10_refuses_a_directory_without_cifar(tmp_path):

@@ -1,11 +1,14 @@
 """Paper sections 4 and 6 on real CIFAR-10: ``dk reproduce cifar10``.
 
-Section 4, an ensemble distilled into one model: M members of one small residual CNN that differ only by
+Section 4, an ensemble distilled into one model: M members of one fast CNN (``airnet``) that differ only by
 seed (each also a "single net" baseline); the ensemble under the arithmetic and geometric means; the
 ensemble's soft targets on a bank of augmented views of the transfer set, computed once and reused by
 every student; the temperature chosen on a validation split carved from the training set (the paper's
 T in {1, 2, 5, 10}, hard-label weight 0.5); then one distilled single net of the members' size per seed,
-and the fraction of the ensemble's gain it keeps (paper: 86% of the frame-accuracy gain).
+and the fraction of the ensemble's gain it keeps (paper: 86% of the frame-accuracy gain). When the students
+train longer than the members, a hard-label single net trains as long per seed and is the baseline of the
+gain kept, so the gain is never bought with budget. Every net and the ensemble are also scored with
+test-time augmentation (``evaluation.tta_views``), the same views for all (the ``*_tta`` rows).
 
 Section 6, soft targets as a regulariser: 3% of the training set (class-balanced, seeded) with hard
 labels vs with the soft targets of a net trained on all of it (member s for seed s), beside that
@@ -31,7 +34,7 @@ from darkknowledge.data import Dataset, balanced_fraction, load_split
 from darkknowledge.device import resolve_device
 from darkknowledge.ensembles import MemberTask, evaluate_ensemble, member_task
 from darkknowledge.errors import DKError
-from darkknowledge.evaluation import errors_from_logits, predict_logits
+from darkknowledge.evaluation import TTA_LEVELS, errors_from_logits, predict_logits
 from darkknowledge.experiments.report import Experiment, relative_to, save_figure, seed_row, values_row
 from darkknowledge.experiments.runner import DONE, PENDING, Stage
 from darkknowledge.teachers import Teacher
@@ -45,7 +48,12 @@ PAPER: dict[str, tuple[str, float | None]] = {
     "ensemble_geometric": ("test_accuracy_percent", None),
     "distilled_from_ensemble": ("test_accuracy_percent", 60.8),
     "distilled_from_geometric": ("test_accuracy_percent", None),
+    "single_long": ("test_accuracy_percent", None),
     "gain_kept_percent": ("percent", 86.4),
+    "single_tta": ("test_accuracy_percent", None),
+    "ensemble_tta": ("test_accuracy_percent", None),
+    "distilled_from_ensemble_tta": ("test_accuracy_percent", None),
+    "gain_kept_tta_percent": ("percent", 86.4),
     "hard_100pct": ("test_accuracy_percent", 58.9),
     "hard_100pct_train": ("train_accuracy_percent", 63.4),
     "hard_3pct": ("test_accuracy_percent", 44.5),
@@ -73,25 +81,26 @@ class Scale:
     fraction: float = 0.03
     default_seeds: int = 3
     geometric_seeds: int = 1  # distilled-from-the-geometric-mean students on the first N seeds
-    arch: str | None = None  # None: the recipes' (resnet-s-w16)
-    batch_size: int = 0  # members and students; 0: the recipes' (256)
+    arch: str | None = None  # None: the recipes' (airnet-32-128-128)
+    batch_size: int = 0  # members and students; 0: the recipes' (1024), else the peak lr scaled linearly with it
+    tta: int = 2  # test-time augmentation level of the *_tta rows (evaluation.TTA_LEVELS)
 
 
 SCALES: dict[str, Scale] = {
-    # Sized by benchmarks/cifar_speed.py on a 2-core AVX2 EPYC (fp32): resnet-s-w8 trains at ~1,300 images/s
-    # (35 s per 45,000-image epoch), w16 at ~530. About 80 minutes there with 2 workers: 45,000 training
-    # images, 4 members of 10 epochs, a 6-view bank, T chosen among the paper's four.
-    "full": Scale(members=4, member_epochs=10, student_epochs=10, select_epochs=3, temperatures=(1, 2, 5, 10),
-                  small_epochs=60, views=6, arch="resnet-s-w8"),
-    # Minutes on 2 CPU cores: a 10,000-image subset (1,000 of it for validation), 3 members, 6% of it for
+    # airnet-32-128-128 trains at ~1,000 images/s in bf16 on 2 AVX512-BF16/AMX cores (~51 s per 45,000-image
+    # epoch): 4 members of 20 epochs (the epochs chosen on the validation split, recipes/README.md), an
+    # 8-view bank, T chosen among the paper's four on short validation runs, students as long as the members.
+    "full": Scale(members=4, member_epochs=20, student_epochs=20, select_epochs=4, temperatures=(1, 2, 5, 10),
+                  small_epochs=100, views=8),
+    # About 20 minutes on 2 cores: a 10,000-image subset (1,000 of it for validation), 3 members, 6% of it for
     # the small-data runs (54 images per class, as many as 3% of the full training set would give 135).
-    "quick": Scale(members=3, member_epochs=8, student_epochs=8, select_epochs=3, temperatures=(2, 5),
-                   small_epochs=100, views=8, val_size=1000, train_limit=10_000, fraction=0.06, arch="resnet-s-w8",
-                   batch_size=128),
-    # Seconds: every stage and the results contract on 1,200 images.
-    "smoke": Scale(members=2, member_epochs=1, student_epochs=1, select_epochs=1, temperatures=(2, 5),
+    "quick": Scale(members=3, member_epochs=12, student_epochs=12, select_epochs=4, temperatures=(2, 5),
+                   small_epochs=100, views=8, val_size=1000, train_limit=10_000, fraction=0.06, batch_size=512),
+    # Seconds: every stage and the results contract on 1,200 images; students twice the members' epochs, so
+    # the equal-budget single net runs too.
+    "smoke": Scale(members=2, member_epochs=1, student_epochs=2, select_epochs=1, temperatures=(2, 5),
                    small_epochs=2, views=2, small_views=4, val_size=200, train_limit=1200, fraction=0.1, default_seeds=1,
-                   arch="resnet-s-w4"),
+                   arch="airnet-8-16-16", batch_size=128, tta=1),
 }
 SMALL_BATCH = 64  # the small-data runs (section 6)
 EVALS = 4  # test evaluations per run (and after the last epoch)
@@ -103,9 +112,18 @@ _distilled = packaged_recipe("cifar10", "distilled", (TrainConfig, DistillConfig
 DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
 
 
-def scaled(cfg: TrainConfig, sc: Scale, epochs: int, seed: int, device: str) -> TrainConfig:
-    return replace(cfg, epochs=epochs, seed=seed, device=device, arch=sc.arch or cfg.arch,
-                   batch_size=sc.batch_size or cfg.batch_size, eval_every=max(1, epochs // EVALS))
+def scaled(cfg: TrainConfig, sc: Scale, epochs: int, seed: int, device: str, batch_size: int = 0) -> TrainConfig:
+    """The recipe at a scale: its epochs (warm-up 20% of them, at most the recipe's), architecture and batch
+    size (the peak learning rate scaled linearly with the batch)."""
+    bs = batch_size or sc.batch_size or cfg.batch_size
+    return replace(cfg, epochs=epochs, seed=seed, device=device, arch=sc.arch or cfg.arch, batch_size=bs,
+                   lr=cfg.lr * bs / cfg.batch_size, warmup_epochs=min(cfg.warmup_epochs, 0.2 * epochs),
+                   eval_every=max(1, epochs // EVALS))
+
+
+def long_baseline(sc: Scale) -> bool:
+    """Whether the students train longer than the members, so an equal-budget hard-label single net runs."""
+    return sc.student_epochs > sc.member_epochs
 
 
 # ---- data: the validation split and the 3% subset, identical in every process -------------------------
@@ -143,6 +161,8 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
                      sc.select_epochs * n / 1e5) for name, t in zip(select, sc.temperatures)]
     for s in range(seeds):
         p = {**ctx, "seed": s}
+        if long_baseline(sc):
+            stages.append(Stage(f"single-long/s{s}", "single_long", p, (), sc.student_epochs * n / 1e5))
         stages.append(Stage(f"distilled/s{s}", "distilled", p, ("ensemble",) + select, sc.student_epochs * n / 1e5))
         if s < sc.geometric_seeds:
             stages.append(Stage(f"distilled-geometric/s{s}", "distilled_geometric", p, ("ensemble",) + select,
@@ -189,6 +209,12 @@ def _train_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, nu
     return errors_from_logits(predict_logits(model, x), y, num_classes)["accuracy"]
 
 
+def _tta(model: torch.nn.Module, data: Dataset, sc: Scale) -> dict[str, Any]:
+    """Test errors with the scale's test-time augmentation."""
+    r = errors_from_logits(predict_logits(model, data.x_test, tta=sc.tta), data.y_test, data.num_classes)
+    return {"test_errors_tta": r["errors"], "accuracy_tta": r["accuracy"], "tta": sc.tta}
+
+
 def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     """Execute one stage (in this process or a worker); ``inputs`` are the results of its dependencies."""
     p = stage.params
@@ -204,11 +230,17 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         result = member_task(task)  # the members' split is this one: same limit, same validation carve-out
         model, _, _ = load_checkpoint(task.out, device=dev)
         result["train_accuracy"] = _train_accuracy(model, data.x_train, data.y_train, data.num_classes)
-        return {**result, "out": relative_to(out, task.out)}
+        return {**result, **_tta(model, data, sc), "out": relative_to(out, task.out)}
+    if stage.kind == "single_long":  # the members' recipe on hard labels, as long as a student trains
+        cfg = scaled(MEMBER, sc, sc.student_epochs, p["seed"], device)
+        r = train(stage.name, data, cfg, out=ckpt, resume=True, progress=progress, curve=_curve(data))
+        return _summary(r, _tta(r.model, data, sc))
     if stage.kind == "ensemble":
         paths = [inputs[name]["out"] for name in sorted(inputs, key=lambda k: int(k.split("/m")[1]))]
         teacher = Teacher.from_checkpoints([out / m for m in paths], device=dev, cache_dir=out / "cache")
         result = evaluate_ensemble(teacher, data.x_test, data.y_test, data.num_classes)
+        tta = evaluate_ensemble(teacher, data.x_test, data.y_test, data.num_classes, tta=sc.tta)
+        result.update({f"{k}_tta": v for k, v in tta.items() if k != "test_size"}, tta=sc.tta)
         # The soft-target bank every student draws on, made as the students make it (``student_bank``):
         # paid here, once, and timed.
         t0 = time.perf_counter()
@@ -235,15 +267,16 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=temperature),
                     TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress, curve=_curve(data))
-        return _summary(r, {"temperature": temperature, "combine": combine, "cache_hits": teacher.cache.hits,
+        return _summary(r, {**_tta(r.model, data, sc), "temperature": temperature, "combine": combine,
+                            "cache_hits": teacher.cache.hits,
                             "teacher_seconds": round(teacher.cache.compute_seconds, 2),
                             "wall_seconds": round(time.perf_counter() - t0, 2)})
     # Section 6: 3% of the training split, class-balanced, seeded by the seed.
     x_small, y_small = balanced_fraction(data.x_train, data.y_train, sc.fraction, seed=p["seed"])
     # Both 3% runs use the members' augmentation (random crops, mirrors), chosen on the validation split
     # over none for either (recipes/README.md); the soft run draws its views from a bank with the teacher's
-    # targets on each view. Batch 64 for enough steps; 10 evaluations for the plot's curves.
-    cfg = replace(scaled(MEMBER, sc, sc.small_epochs, p["seed"], device), batch_size=SMALL_BATCH,
+    # targets on each view. Batch 64 for enough steps (the peak lr scaled with it); 10 evaluations for the plot.
+    cfg = replace(scaled(MEMBER, sc, sc.small_epochs, p["seed"], device, SMALL_BATCH),
                   eval_every=max(1, sc.small_epochs // 10))
     track = dict(train_eval=(x_small, y_small), curve=_curve(data))
     if stage.kind == "hard_small":
@@ -268,6 +301,22 @@ def _pct(r: dict[str, Any]) -> float:
     return 100 * r["accuracy"]
 
 
+def _gain_row(name: str, single: dict[str, Any], single_long: dict[str, Any] | None, ensemble: dict[str, Any],
+              students: list[Stage], records: dict[str, dict[str, Any]], value) -> dict[str, Any]:
+    """(student - baseline) / (ensemble - single) per student seed; the baseline is the equal-budget single net
+    (``single_long``) when there is one, else the members' mean."""
+    base = single_long or single
+    if base["status"] != DONE or single["status"] != DONE or ensemble["mean"] is None:
+        return {**seed_row(name, *PAPER[name], [], records, value), "status": PENDING}
+    gain = ensemble["mean"] - single["mean"]
+    row = seed_row(name, *PAPER[name], students, records,
+                   lambda r: 100 * (value(r) - base["mean"]) / gain if gain else float("nan"))
+    which = "the equal-budget single net's mean" if single_long else "the single nets' mean"
+    row["note"] = (f"(distilled - baseline) / (ensemble - single mean), baseline {which} {base['mean']:.2f}; "
+                   f"ensemble gain {gain:.2f} points")
+    return row
+
+
 def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale, seeds: int) -> dict[str, Any]:
     """The CIFAR-10 part of ``results.json`` (see ``experiments.report``) from the stage records so far."""
     by_kind: dict[str, list[Stage]] = {}
@@ -289,16 +338,20 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                       _pct),
              seed_row("distilled_from_geometric", *PAPER["distilled_from_geometric"],
                       by_kind.get("distilled_geometric", []), records, _pct)]
-    single_mean = rows[0]["mean"]
-    ens_acc = rows[1]["mean"]
-    if single_mean is not None and ens_acc is not None and rows[0]["status"] == DONE:
-        gain = ens_acc - single_mean
-        rows.append(seed_row("gain_kept_percent", *PAPER["gain_kept_percent"], by_kind["distilled"], records,
-                             lambda r: 100 * (_pct(r) - single_mean) / gain if gain else float("nan")))
-        rows[-1]["note"] = f"(distilled - single mean) / (ensemble - single mean); ensemble gain {gain:.2f} points"
-    else:
-        rows.append({**seed_row("gain_kept_percent", *PAPER["gain_kept_percent"], [], records, _pct),
-                     "status": PENDING})
+    longs = by_kind.get("single_long", [])
+    long_row = seed_row("single_long", *PAPER["single_long"], longs, records, _pct,
+                        note="hard labels, the members' recipe for the students' epochs: the gain kept's baseline")
+    rows += [long_row] if longs else []  # only where the students train longer than the members
+    rows.append(_gain_row("gain_kept_percent", rows[0], long_row if longs else None, rows[1], by_kind["distilled"],
+                          records, _pct))
+    tta = lambda r: 100 * r["accuracy_tta"]  # noqa: E731
+    rows += [seed_row("single_tta", *PAPER["single_tta"], members, records, tta),
+             seed_row("ensemble_tta", *PAPER["ensemble_tta"], by_kind["ensemble"], records,
+                      lambda r: 100 * (1 - r["arithmetic_tta"] / r["test_size"])),
+             seed_row("distilled_from_ensemble_tta", *PAPER["distilled_from_ensemble_tta"], by_kind["distilled"],
+                      records, tta)]
+    long_tta = seed_row("single_long_tta", None, None, longs, records, tta) if longs else None
+    rows.append(_gain_row("gain_kept_tta_percent", rows[-3], long_tta, rows[-2], by_kind["distilled"], records, tta))
     rows += [seed_row("hard_100pct", *PAPER["hard_100pct"], hard100, records, _pct),
              seed_row("hard_100pct_train", *PAPER["hard_100pct_train"], hard100, records,
                       lambda r: 100 * r["train_accuracy"]),
