@@ -1,9 +1,10 @@
 """Images/s of the CIFAR training step against the machine's own convolution throughput, side by side.
 
-    python benchmarks/cifar_speed.py --data-dir DIR [--device cpu] [--widths 8 16 32] [--images 5120]
+    python benchmarks/cifar_speed.py --data-dir DIR [--device cpu] [--archs resnet-s-w8 airnet-32-128-128]
+                                     [--images 5120]
 
-For each ``resnet-s-w{W}``: the convolution/linear FLOPs of one image (forward; a training step costs
-about 3x), seconds per training step of ``fit`` (hard labels, batch 256, random crops and mirrors, the
+For each net: the convolution/linear FLOPs of one image (forward; a training step costs about 3x), seconds
+per training step of ``fit`` (hard labels, its recipe's batch size and augmentation: ``recipe_for``, the
 precision ``auto`` picks) over ``--images`` real CIFAR-10 images (median of 3 epochs after a warm-up
 epoch), images/s, achieved GFLOP/s, and the ratio to the machine's own rate on one large 3x3 convolution
 (64 -> 64 channels at 32x32, batch 256, channels-last) measured in the same run, in the same precision.
@@ -24,10 +25,22 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, save, spread, timed  # noqa: E402
 
+from darkknowledge.config import TrainConfig, packaged_recipe  # noqa: E402
 from darkknowledge.data import load_cifar  # noqa: E402
-from darkknowledge.experiments.cifar10 import MEMBER  # noqa: E402
 from darkknowledge.training import HardLabels, fit, new_model  # noqa: E402
 from darkknowledge.device import resolve_precision  # noqa: E402
+
+
+RECIPES = {"airnet": "member", "resnet": "resnet-member"}  # packaged cifar10 recipes by net family
+
+
+def recipe_for(arch: str) -> TrainConfig:
+    """The packaged CIFAR-10 recipe of ``arch``'s family (airnet: ``cifar10/member``; resnet-s:
+    ``cifar10/resnet-member``) with ``arch`` as its net."""
+    family = arch.split("-")[0]
+    if family not in RECIPES:
+        raise SystemExit(f"error: no recipe for {arch!r}; nets: airnet-A-B-C, resnet-s-wW")
+    return replace(packaged_recipe("cifar10", RECIPES[family])[TrainConfig], arch=arch)
 
 
 def conv_throughput(device: torch.device, precision: str, repeats: int = 5) -> float:
@@ -69,7 +82,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--archs", nargs="+", default=["resnet-s-w8", "resnet-s-w16", "airnet-32-128-128",
+                                                   "airnet-64-256-256"])
     ap.add_argument("--images", type=int, default=5120)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args()
@@ -80,8 +94,8 @@ def main() -> None:
     conv_gflops = conv_throughput(device, precision)
     print(f"{precision} 3x3 convolution, 64 -> 64 channels, 32x32: {conv_gflops:.1f} GFLOP/s")
     rows = []
-    for w in args.widths:
-        cfg = replace(MEMBER, arch=f"resnet-s-w{w}", epochs=4, device=str(device), warmup_epochs=0.0)
+    for arch in args.archs:
+        cfg = replace(recipe_for(arch), epochs=4, device=str(device), warmup_epochs=0.0)
         model = new_model(cfg, (3, 32, 32), 10)
         flops = flops_per_image(model)
         hist = fit(model, x, HardLabels(y), cfg, progress=False)
@@ -90,7 +104,7 @@ def main() -> None:
         achieved = 3 * flops * ips / 1e9
         row = {"arch": cfg.arch, "parameters": sum(p.numel() for p in model.parameters()),
                "forward_mflops_per_image": round(flops / 1e6, 2), "seconds_per_epoch": spread(secs),
-               "images_per_second": round(ips, 1), "train_gflops": round(achieved, 2),
+               "batch_size": cfg.batch_size, "images_per_second": round(ips, 1), "train_gflops": round(achieved, 2),
                "ratio_to_conv_throughput": round(achieved / conv_gflops, 3),
                "seconds_per_cifar10_epoch_45k": round(45_000 / ips, 1)}
         rows.append(row)
@@ -98,8 +112,8 @@ def main() -> None:
               f"{ips:.0f} images/s, {achieved:.1f} GFLOP/s = {row['ratio_to_conv_throughput']:.2f} x the conv rate; "
               f"45k-image epoch {row['seconds_per_cifar10_epoch_45k']} s")
     path = save(f"cifar-speed-{device.type}.json", {
-        "benchmark": "cifar_speed", "precision": precision, "batch_size": MEMBER.batch_size, "images": args.images,
-        "conv_gflops": round(conv_gflops, 2), "rows": rows, "seeds": [MEMBER.seed], **environment(device)},
+        "benchmark": "cifar_speed", "precision": precision, "images": args.images,
+        "conv_gflops": round(conv_gflops, 2), "rows": rows, "seeds": [0], **environment(device)},
         args.out_dir)
     print(f"wrote {path}")
 

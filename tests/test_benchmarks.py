@@ -102,3 +102,22 @@ def test_combine_speed_benchmark(tmp_path):
     (row,) = res["rows"]
     assert row["specialists"] == 10 and row["classes"] == 100 and row["examples_per_second_median"] > 0
     assert row["max_abs_diff_to_tight_solve"] < 1e-4 and row["scipy_examples_per_second"] > 0
+
+
+def test_time_to_accuracy_benchmark_side_by_side_and_resumable(cifar_dir, tmp_path):
+    out = tmp_path / "t2a.json"
+    args = ("--data-dir", cifar_dir, "--archs", "airnet-8-16-16", "resnet-s-w4", "--epochs", "1", "2",
+            "--train-limit", "600", "--val-size", "100", "--out", out)
+    r = run("time_to_accuracy.py", *args)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert {(row["arch"], row["epochs"]) for row in res["runs"]} == {
+        ("airnet-8-16-16", 1), ("airnet-8-16-16", 2), ("resnet-s-w4", 1), ("resnet-s-w4", 2)}
+    assert res["conv_gflops"]["fp32"] > 0 and res["cpu"]["flags"] and res["train_size"] == 500
+    assert all(len(row["curve"]) == row["epochs"] and 0 <= row["test_accuracy_tta"] <= 1 for row in res["runs"])
+    assert set(res["convergence"]["airnet-8-16-16"]["gains"]) == {"1->2"}
+    again = run("time_to_accuracy.py", *args, "--resume")  # every run is there already: nothing trains
+    assert again.returncode == 0 and len(json.loads(out.read_text())["runs"]) == 4
+    assert "epochs seed" not in again.stdout
+    bad = run("time_to_accuracy.py", "--data-dir", cifar_dir, "--archs", "vgg-16", "--out", tmp_path / "bad.json")
+    assert bad.returncode != 0 and "no recipe for 'vgg-16'" in bad.stderr and not (tmp_path / "bad.json").exists()

@@ -1,0 +1,131 @@
+"""CIFAR-10 test accuracy against wall seconds and epochs, for the airnet family and resnet-s-w8, side by side.
+
+    python benchmarks/time_to_accuracy.py --data-dir DIR [--epochs 5 10 20] [--seeds 1] [--resume]
+
+Each (net, epoch budget, seed) is its own run from scratch on the validation split's training part (45,000
+images; 5,000 carved off as in `dk reproduce cifar10`), with its own recipe (airnet: the packaged
+`cifar10/member` recipe; resnet-s-w8: `cifar10/resnet-member`), the schedule fitted to the budget (warm-up
+20% of it, at most the recipe's). Reported per run: training wall seconds, validation and test accuracy
+(plain and with test-time augmentation), and a per-epoch test curve on 2,000 test images (its seconds
+include that evaluation). Beside them, in
+the same process: the machine's CPU flags and its own 3x3 convolution rate in fp32 and (where the CPU has
+it) bf16, so seconds on another machine read as a ratio. Every finished run is written to the JSON at once
+(``--resume`` skips those already there); the end prints a table and the epochs at which doubling the
+budget gains < 0.5 validation points. Writes benchmarks/results/time-to-accuracy-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar_speed import conv_throughput, flops_per_image, recipe_for  # noqa: E402
+from common import environment  # noqa: E402
+
+from darkknowledge.config import TrainConfig  # noqa: E402
+from darkknowledge.data import load_split  # noqa: E402
+from darkknowledge.device import cpu_supports_bf16, resolve_precision  # noqa: E402
+from darkknowledge.evaluation import errors_from_logits, predict_logits  # noqa: E402
+from darkknowledge.training import new_model  # noqa: E402
+from darkknowledge.workflows import train  # noqa: E402
+
+CURVE = 2000  # per-epoch test errors on a seeded sample of the test split
+
+
+def budget(cfg: TrainConfig, epochs: int, seed: int, device: str) -> TrainConfig:
+    return replace(cfg, epochs=epochs, seed=seed, device=device, warmup_epochs=min(cfg.warmup_epochs, 0.2 * epochs),
+                   eval_every=1)
+
+
+def doubling(runs: list[dict], arch: str) -> dict | None:
+    """The smallest budget whose doubling gains < 0.5 points of mean validation accuracy, with the gains."""
+    by_epochs: dict[int, list[float]] = {}
+    for r in runs:
+        if r["arch"] == arch:
+            by_epochs.setdefault(r["epochs"], []).append(r["val_accuracy"])
+    means = {e: 100 * sum(v) / len(v) for e, v in by_epochs.items()}
+    gains = {f"{e}->{2 * e}": round(means[2 * e] - means[e], 2) for e in sorted(means) if 2 * e in means}
+    chosen = next((e for e in sorted(means) if 2 * e in means and means[2 * e] - means[e] < 0.5), None)
+    return {"gains": gains, "converged_at_epochs": chosen}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--archs", nargs="+", default=["airnet-32-128-128", "resnet-s-w8"])
+    ap.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20])
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--train-limit", type=int, default=0, help="0: all 50,000 training images")
+    ap.add_argument("--val-size", type=int, default=5000)
+    ap.add_argument("--tta", type=int, default=2)
+    ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/time-to-accuracy-DEV.json)")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in --out, run the rest")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"time-to-accuracy-{device.type}.json")
+    configs = {a: recipe_for(a) for a in args.archs}  # bad names fail before any work
+    data, (x_val, y_val) = load_split(f"cifar10:{args.data_dir}", args.val_size, args.train_limit)
+    idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:CURVE].sort().values
+    curve = (data.x_test[idx], data.y_test[idx])
+
+    precision = resolve_precision("auto", device)
+    rates = {"fp32": round(conv_throughput(device, "fp32"), 2)}
+    if device.type != "cpu" or cpu_supports_bf16():
+        rates["bf16"] = round(conv_throughput(device, "bf16"), 2)
+    print(f"3x3 convolution 64 -> 64 at 32x32, GFLOP/s: {rates}; training precision {precision}", flush=True)
+    payload = {"benchmark": "time_to_accuracy", "precision": precision, "conv_gflops": rates,
+               "train_size": len(data.y_train), "val_size": len(y_val), "test_size": len(data.y_test),
+               "curve_size": CURVE, "tta": args.tta, **environment(device), "runs": []}
+    if args.resume and out.exists():
+        payload["runs"] = json.loads(out.read_text())["runs"]
+    done = {(r["arch"], r["epochs"], r["seed"]) for r in payload["runs"]}
+
+    def save() -> None:
+        payload["convergence"] = {a: doubling(payload["runs"], a) for a in args.archs}
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(out)  # atomic: a cut-off run never leaves half a file
+
+    for arch, base in configs.items():
+        for epochs in args.epochs:
+            for seed in range(args.seeds):
+                if (arch, epochs, seed) in done:
+                    continue
+                cfg = budget(base, epochs, seed, args.device)
+                t0 = time.perf_counter()
+                r = train(f"{arch} {epochs}ep s{seed}", data, cfg, progress=True, curve=curve)
+                wall = time.perf_counter() - t0
+                val = errors_from_logits(predict_logits(r.model, x_val), y_val, 10)["accuracy"]
+                tta = errors_from_logits(predict_logits(r.model, data.x_test, tta=args.tta), data.y_test,
+                                         10)["accuracy"]
+                row = {"arch": arch, "epochs": epochs, "seed": seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                       "parameters": sum(p.numel() for p in r.model.parameters()),
+                       "forward_mflops_per_image": round(flops_per_image(new_model(cfg, (3, 32, 32), 10)) / 1e6, 2),
+                       "train_seconds": round(sum(h["seconds"] for h in r.history), 1), "wall_seconds": round(wall, 1),
+                       "val_accuracy": val, "test_accuracy": r.test["accuracy"], "test_accuracy_tta": tta,
+                       "curve": [{"epoch": h["epoch"], "seconds": round(h["seconds"], 2),
+                                  "test_errors": h.get("test_errors")} for h in r.history]}
+                payload["runs"].append(row)
+                save()
+                print(f"{arch} {epochs} epochs seed {seed}: {100 * row['test_accuracy']:.2f}% test "
+                      f"({100 * tta:.2f}% with TTA), {100 * val:.2f}% val, {row['train_seconds']:.0f} s", flush=True)
+    save()
+    print(f"\n| net | epochs | seed | train s | val % | test % | test % TTA |\n|---|---|---|---|---|---|---|")
+    for r in payload["runs"]:
+        print(f"| {r['arch']} | {r['epochs']} | {r['seed']} | {r['train_seconds']:.0f} | {100 * r['val_accuracy']:.2f} "
+              f"| {100 * r['test_accuracy']:.2f} | {100 * r['test_accuracy_tta']:.2f} |")
+    for a, c in payload["convergence"].items():
+        print(f"{a}: validation gain from doubling the epochs {c['gains']}; converged at {c['converged_at_epochs']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
