@@ -259,18 +259,20 @@ def specialist_model(generalist: nn.Module, build: Any, subset: Sequence[int]) -
     Every weight but the head's is the generalist's. The head starts as the generalist's rows for the
     special classes, and for the dustbin the mean of the other rows with bias + log(their count): roughly
     the log of the summed probability of the other classes, so training starts from the generalist's view.
+    A head without a bias (airnet's) starts its dustbin at the mean of the other rows, without that offset.
     """
     subset = list(subset)
     model = build(len(subset) + 1)
     head = _head_name(model)
     state = generalist.state_dict()
-    w, b = state[f"{head}.weight"], state[f"{head}.bias"]
+    w, b = state[f"{head}.weight"], state.get(f"{head}.bias")
     if w.shape[0] <= max(subset):
         raise DKError(f"subset classes up to {max(subset)} but the generalist predicts {w.shape[0]} classes")
     rest = [i for i in range(w.shape[0]) if i not in set(subset)]
     new = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
     new[f"{head}.weight"] = torch.cat([w[subset], w[rest].mean(0, keepdim=True)])
-    new[f"{head}.bias"] = torch.cat([b[subset], (b[rest].mean() + math.log(len(rest))).reshape(1)])
+    if b is not None:
+        new[f"{head}.bias"] = torch.cat([b[subset], (b[rest].mean() + math.log(len(rest))).reshape(1)])
     model.load_state_dict(new, strict=True)
     return model
 
@@ -392,7 +394,7 @@ def specialist_task(task: SpecialistTask) -> dict[str, Any]:
     offset = dustbin_offset(y, subset)
     meta["dustbin_offset"] = offset
     history = fit(model, x, objective, cfg, checkpoint=out, meta=meta, resume=True, desc=task.name,
-                  progress=task.progress, sampler=sampler)
+                  progress=task.progress, sampler=sampler, calibrate=False)
     test_labels = special_labels(data.y_test.to(device), subset, data.num_classes)
     with torch.no_grad():
         probs = specialist_probs(model, data.x_test.to(device), offset)

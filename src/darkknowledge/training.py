@@ -251,6 +251,7 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     sampler: "Sampler | None" = None,
+    calibrate: bool = True,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on inputs ``x [N, H, W]`` against ``objective`` for ``cfg.epochs`` epochs.
 
@@ -274,6 +275,8 @@ def fit(
         desc, progress: progress-bar label and switch.
         sampler: the order of examples in each epoch (``len(sampler)`` indices into ``x`` from
             ``sampler(generator)``, e.g. the specialists' half-special batches); default: a permutation of all.
+        calibrate: on a fresh start, set the model's input layers from ``x`` (an MLP's input shift, a conv
+            net's per-channel normalisation, airnet's patch whitening); off for a model that starts trained.
 
     Returns:
         The per-epoch history: ``[{"epoch", "loss", "loss_max", "seconds", "test_errors"?, ...}, ...]``;
@@ -305,6 +308,8 @@ def fit(
         load_into(model, weights, str(checkpoint), cfg.arch)
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
+    elif not calibrate:
+        pass  # a model that starts trained (a specialist from its generalist) keeps its input layers
     elif hasattr(model, "calibrate_input"):
         model.calibrate_input(background)  # a fresh start: the input shift is the inputs' background
     elif hasattr(model, "calibrate_norm") and x.dim() == 4:
