@@ -27,5 +27,5 @@ for exp in mnist cifar10 cifar100; do
 done
 small=()
 [ "$SCALE" = smoke ] && small=(--images 1024 --archs resnet-s-w4 airnet-8-16-16)
-"$PY" benchmarks/cifar_speed.py --data-dir "$DATA" --device "$DEVICE" --out-dir "$OUT" "${small[@]}"
+"$PY" benchmarks/cifar_speed.py --data-dir "$DATA" --device "$DEVICE" --out-dir "$OUT" ${small[@]+"${small[@]}"}
 echo "results: $OUT (walls.txt, */results.json, cifar-speed-$DEVICE.json)"

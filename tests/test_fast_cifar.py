@@ -134,6 +134,8 @@ def test_mixed_views_are_cached_under_their_partners_and_weights(tmp_path):
     bank = ViewBank.random(len(x), 3, 2, True, 0.0, mixup=1.0)
     assert torch.equal(bank.partners[0], torch.arange(40)) and bool((bank.weights[0] == 1).all())
     assert bool((bank.weights[1:] < 1).all()) and bank.key() != replace(bank, partners=None, weights=None).key()
+    torch.manual_seed(123)  # the bank is the seed's alone, whatever the global random state
+    assert ViewBank.random(len(x), 3, 2, True, 0.0, mixup=1.0).key() == bank.key()
     logits = teacher.bank_logits(x, bank)
     padded = pad_for_jitter(x, 2)
     n = torch.arange(40)
@@ -166,14 +168,17 @@ def test_distilling_on_mixed_views_trains_and_refuses_mixup_without_a_bank():
     torch.manual_seed(0)
     cfg = replace(AIR, epochs=6)
     teacher_model = build_model(cfg.arch, (3, 16, 16), 4)
-    fit(teacher_model, x, HardLabels(y), cfg, progress=False)
-    teacher = Teacher([teacher_model], archs=[cfg.arch])
+    fit(teacher_model, x, HardLabels(y), replace(cfg, epochs=20, label_smoothing=0.0), progress=False)
+    teacher = Teacher([teacher_model], archs=[cfg.arch])  # confident enough for a student on its targets alone
     tcfg = TransferConfig(view_bank=4, mixup=0.5)
     _, bank = student_bank(x, cfg, tcfg)
     assert bank.mixed and bank.views == 4
-    r = distill("s", data, teacher, cfg, DistillConfig(temperature=2.0, soft_weight=0.5, hard_weight=0.5), tcfg,
-                progress=False)
-    assert len(r.history) == cfg.epochs and r.test["errors"] < 8  # chance: 24 of 32
+    r = distill("s", data, teacher, replace(cfg, epochs=10), DistillConfig(temperature=1.0, soft_weight=1.0,
+                                                                          hard_weight=0.0), tcfg, progress=False)
+    assert len(r.history) == 10 and r.history[-1]["loss"] < 0.9 * r.history[0]["loss"]
+    assert r.test["errors"] <= 18, r.test  # chance: 24 of 32 (the teacher: 8; a tiny, hard mixup task)
+    with pytest.raises(DKError, match="hard_weight 0 with mixup"):  # one hard label is wrong for a mixed image
+        distill("s", data, teacher, cfg, DistillConfig(temperature=2.0, hard_weight=0.5), tcfg, progress=False)
     with pytest.raises(DKError, match="mixup"):
         TransferConfig(mixup=0.5)
     with pytest.raises(DKError, match="mixup alpha"):

@@ -108,3 +108,19 @@ def test_bad_stage_lists_are_refused(tmp_path):
         run_stages([Stage("a", "ok", deps=("z",))], execute, tmp_path, report=lambda r: None, progress=False)
     with pytest.raises(ValueError, match="wait on each other"):
         critical_path([Stage("a", "ok", deps=("b",)), Stage("b", "ok", deps=("a",))])
+
+
+def test_resume_refuses_a_reproduction_started_with_other_settings(tmp_path):
+    from dataclasses import replace
+
+    from darkknowledge.experiments.cifar10 import EXPERIMENT, SCALES
+    from darkknowledge.experiments.report import MANIFEST, prepare_out, run_settings
+
+    settings = run_settings(EXPERIMENT, SCALES["smoke"])
+    assert settings["recipes"]["member"]["arch"] and settings["scale"]["members"] == 2
+    prepare_out(tmp_path, "cifar10", "smoke", resume=False, overwrite=False, settings=settings)
+    (tmp_path / MANIFEST).write_text(json.dumps({"experiment": "cifar10", "scale": "smoke", "settings": settings}))
+    prepare_out(tmp_path, "cifar10", "smoke", resume=True, overwrite=False, settings=settings)  # same: resumes
+    other = run_settings(EXPERIMENT, replace(SCALES["smoke"], member_epochs=3))
+    with pytest.raises(DKError, match=r"other settings \(scale.member_epochs differ\)"):
+        prepare_out(tmp_path, "cifar10", "smoke", resume=True, overwrite=False, settings=other)

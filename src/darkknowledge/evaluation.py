@@ -25,8 +25,9 @@ def _shift(x: torch.Tensor, d: int) -> torch.Tensor:
 
 def tta_views(x: torch.Tensor, level: int) -> list[tuple[torch.Tensor, float]]:
     """The test-time views of images ``x`` and their weights (summing to 1): level 0 the images; 1 with their
-    mirrors; 2 (airbench's) half on the image and its mirror, half on the mirrored pair shifted by one pixel
-    up-left and down-right."""
+    mirrors; 2 (six views, airbench's weights) half on the image and its mirror, half on that pair shifted by one
+    pixel up-left and down-right (airbench mirrors the shifted images instead: its mirrored views shift the other
+    diagonal; equally many views, the same weights)."""
     if level not in TTA_LEVELS:
         raise DKError(f"unknown test-time augmentation level {level}; allowed: "
                       + ", ".join(f"{k} ({v})" for k, v in TTA_LEVELS.items()))

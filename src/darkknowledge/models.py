@@ -252,8 +252,10 @@ class AirNet(nn.Module):
 
     @torch.no_grad()
     def calibrate_whitening(self, x: torch.Tensor, sample: int = 5000) -> None:
-        """Whitening filters from the first ``sample`` training images (after ``calibrate_norm``)."""
-        xs = x[:sample].to(self.norm.mean.device)
+        """Whitening filters from ``sample`` training images drawn with a fixed seed (after ``calibrate_norm``):
+        a training set stored class by class still gives every class's patches."""
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:sample].sort().values
+        xs = x[idx.to(x.device)].to(self.norm.mean.device)
         self.whiten.calibrate(self.norm(xs))
 
     def param_groups(self) -> list[dict]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from darkknowledge.data import apply_views, background_value, gather_views, view_count
@@ -84,7 +85,8 @@ class ViewBank:
             return cls(codes, max_shift, flip, fill)
         partners = torch.randint(0, n, (views, n), generator=gen)
         partners[0] = torch.arange(n)
-        weights = torch.distributions.Beta(mixup, mixup).sample((views, n)) if n else torch.zeros(views, 0)
+        # The weights from the seed too (torch's Beta sampler takes no generator): the same bank in every process.
+        weights = torch.from_numpy(np.random.default_rng(seed).beta(mixup, mixup, (views, n)))
         weights[0] = 1.0
         return cls(codes, max_shift, flip, fill, partners=partners, weights=weights.float())
 

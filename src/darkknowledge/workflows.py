@@ -119,6 +119,9 @@ def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dc
     teacher.check_fits(data)
     x, y = transfer if transfer is not None else transfer_set(data, tcfg, cfg.seed)
     device = resolve_device(cfg.device)
+    if tcfg.mixup and dcfg.hard_weight:
+        raise DKError(f"mixup mixes two images, so one hard label is wrong for a mixed view: give hard_weight 0 "
+                      f"with mixup (the teacher's targets alone, as Beyer et al. 2022), not {dcfg.hard_weight}")
     cfg, bank = student_bank(x, cfg, tcfg)
     if bank is None:
         objective = SoftTargets(teacher.soft_targets(x.to(device), dcfg.temperature), y, dcfg)

@@ -177,8 +177,17 @@ MANIFEST = "reproduction.json"
 OUT_PARTS = ("stages", "models", "teachers", "members", "generalists", "specialists", "clusters", "cache")
 
 
-def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite: bool) -> None:
-    """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same experiment and scale."""
+def run_settings(exp: "Experiment", sc: Any) -> dict[str, Any]:
+    """What a reproduction's finished stages depend on: the scale and every recipe it trains with (as JSON)."""
+    configs = exp.configs(sc)
+    return json.loads(json.dumps({"scale": dataclasses.asdict(sc),
+                                  "recipes": {k: dataclasses.asdict(v) for k, v in configs.items()}}))
+
+
+def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite: bool,
+                settings: dict[str, Any] | None = None) -> None:
+    """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same experiment, scale and
+    ``settings`` (``run_settings``: a run whose manifest predates them is resumed on experiment and scale)."""
     manifest = out / MANIFEST
     if manifest.is_file():
         previous = json.loads(manifest.read_text())
@@ -191,6 +200,13 @@ def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite:
             if previous.get("scale") != scale:
                 raise DKError(f"cannot resume {out}: it is a {previous.get('scale')!r}-scale reproduction, "
                               f"not {scale!r}")
+            old = previous.get("settings")
+            if settings is not None and old is not None and old != settings:
+                changed = sorted(f"{part}.{k}" for part in settings for k in set(settings[part]) | set(old.get(part, {}))
+                                 if settings[part].get(k) != old.get(part, {}).get(k))
+                raise DKError(f"cannot resume {out}: it was started with other settings ({', '.join(changed)} "
+                              "differ); its finished stages would not match the new ones. Use --overwrite or "
+                              "another --out")
             return
         if not overwrite:
             raise DKError(f"{out} holds a previous reproduction; pass --resume to continue it, --overwrite to "
@@ -242,10 +258,11 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
     exp.check_data(str(data_dir), sc)
     out = Path(out)
     with open_executor(executor, workers, address=address, cpus_per_task=None) as ex:
-        prepare_out(out, exp.name, scale, resume, overwrite)
+        settings = run_settings(exp, sc)
+        prepare_out(out, exp.name, scale, resume, overwrite, settings)
         atomic_write_json(out / MANIFEST, {"experiment": exp.name, "scale": scale, "seeds": seeds,
                                            "data_dir": str(data_dir), "device": str(dev), "commit": git_commit(),
-                                           "executor": executor})
+                                           "executor": executor, "settings": settings})
         # The scale itself travels with every stage (a frozen dataclass): a worker process needs no registry.
         ctx = {"data_dir": str(data_dir), "scale": sc, "device": str(dev), "out": str(out), "seeds": seeds,
                "progress": progress and workers == 1 and executor == "local"}
