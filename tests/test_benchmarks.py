@@ -121,3 +121,18 @@ def test_time_to_accuracy_benchmark_side_by_side_and_resumable(cifar_dir, tmp_pa
     assert "epochs seed" not in again.stdout
     bad = run("time_to_accuracy.py", "--data-dir", cifar_dir, "--archs", "vgg-16", "--out", tmp_path / "bad.json")
     assert bad.returncode != 0 and "no recipe for 'vgg-16'" in bad.stderr and not (tmp_path / "bad.json").exists()
+
+
+def test_cifar_variants_are_cifar10_pickles_that_dk_reads(cifar_dir, tmp_path):
+    from darkknowledge.data import load_cifar
+
+    r = run("cifar_variants.py", "--data-dir", cifar_dir, "--variant", "cifar100-10", "--out", tmp_path / "v")
+    assert r.returncode == 0, r.stderr
+    d = load_cifar(tmp_path / "v", "cifar10")
+    assert d.x_train.shape == (5000, 3, 32, 32) and len(d.y_test) == 1000 and len(set(d.class_names)) == 10
+    assert torch.bincount(d.y_train, minlength=10).tolist() == [500] * 10
+    r = run("cifar_variants.py", "--data-dir", cifar_dir, "--variant", "inverted", "--out", tmp_path / "i")
+    assert r.returncode == 0, r.stderr
+    inv, orig = load_cifar(tmp_path / "i", "cifar10"), load_cifar(cifar_dir, "cifar10")
+    assert torch.equal(inv.x_test[:5, 0], 255 - orig.x_test[:5, 1]) and not torch.equal(inv.y_test, orig.y_test)
+    assert inv.class_names[int(inv.y_test[0])] == orig.class_names[int(orig.y_test[0])]  # names follow the labels
