@@ -185,3 +185,70 @@ def test_distilling_on_mixed_views_trains_and_refuses_mixup_without_a_bank():
         ViewBank.random(10, 2, 1, True, 0.0, mixup=-1.0)
     targets = torch.rand(4 * 96, 4)
     SoftTargets(targets, y.repeat(4), DistillConfig(), bank).bank.check(96, cfg.jitter, cfg.flip, 0.0)
+
+
+def test_alternating_flips_show_each_image_both_ways_every_two_epochs():
+    from darkknowledge.views import AlternatingFlips
+
+    x, _ = tiny_images(40)
+    padded = pad_for_jitter(x, 0)
+    even = AlternatingFlips.for_epoch(0, 40, seed=3, epoch=0, device=torch.device("cpu"))
+    odd = AlternatingFlips.for_epoch(0, 40, seed=3, epoch=1, device=torch.device("cpu"))
+    assert 10 < int(even.mirrored.sum()) < 30  # a random half, seeded
+    torch.testing.assert_close(even.mirrored + odd.mirrored, torch.ones(40, dtype=torch.int64))
+    idx = torch.arange(40)
+    shown, rows = even.draw(padded, idx, torch.Generator().manual_seed(0))
+    assert torch.equal(rows, idx)
+    expected = torch.where(even.mirrored.bool().view(-1, 1, 1, 1), x.flip(-1), x)
+    assert torch.equal(shown, expected)
+    with pytest.raises(DKError, match="alternate_flips needs flip"):
+        replace(AIR, flip=False, alternate_flips=True)
+
+
+def test_lookahead_blends_towards_the_average_and_keeps_it_at_the_end():
+    from darkknowledge.training import Lookahead
+
+    model = torch.nn.Linear(3, 2)
+    la = Lookahead(model)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not la.update(4, 10)  # only every 5th step
+    assert la.update(5, 10)
+    decay = 0.95 ** 5 * 0.5 ** 3
+    torch.testing.assert_close(model.weight.detach(), start + (1 - decay))
+    torch.testing.assert_close(la.average["weight"], model.weight.detach())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    la.finish()  # decay 1: the model becomes the average
+    torch.testing.assert_close(model.weight.detach(), start + (1 - decay))
+
+
+def test_lookahead_and_alternating_flips_train_and_resume_exactly(tmp_path, monkeypatch):
+    import darkknowledge.training as training
+
+    x, y = tiny_images(128)
+    cfg = replace(AIR, epochs=3, lookahead=True, alternate_flips=True)
+    torch.manual_seed(0)
+    straight = build_model(cfg.arch, (3, 16, 16), 4)
+    hist = fit(straight, x, HardLabels(y), cfg, x_test=x, y_test=y, progress=False)
+    assert hist[-1]["test_errors"] < 0.5 * len(y)
+    # The same run cut off after its second epoch's checkpoint, then resumed: the average travels with it.
+    saved = []
+    real_save = training.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saved.append(1)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_model(cfg.arch, (3, 16, 16), 4), x, HardLabels(y), cfg, checkpoint=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    resumed = build_model(cfg.arch, (3, 16, 16), 4)
+    fit(resumed, x, HardLabels(y), cfg, checkpoint=tmp_path / "cut", resume=True, progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)

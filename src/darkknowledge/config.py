@@ -45,6 +45,11 @@ class TrainConfig:
     jitter: int = _help("random translation of training inputs by up to this many pixels, filled with the background "
                         "(paper: 2 for the MNIST teacher; 4 is the usual CIFAR random crop of a 4-pixel-padded image)", 0)
     flip: bool = _help("random left-right mirror of training images, probability 1/2 (CIFAR; not for digits)", False)
+    alternate_flips: bool = _help("with flip, derandomised mirrors (airbench): a seeded random half of the images "
+                                  "mirrored in even epochs, the other half in odd ones, so every image is seen both "
+                                  "ways every two epochs (hard-label and plain runs; a view bank draws its own)", False)
+    lookahead: bool = _help("every 5 steps the weights move to, and continue from, their running average (airbench's "
+                            "lookahead EMA: decay 0.95^5 x progress^3), the average kept at the end", False)
     seed: int = _help("seed for initialisation, shuffling, dropout and jitter", 0)
     device: str = _help("cpu, cuda, cuda:N, mps, or auto (cuda when available)", DEFAULT_DEVICE)
     precision: str = _help("auto (bf16 where the device computes it natively, else fp32), fp32 or bf16; "
@@ -62,6 +67,8 @@ class TrainConfig:
         _non_negative(self, "momentum", "weight_decay", "jitter", "warmup_epochs", "grad_clip")
         if not 0 <= self.label_smoothing < 1:
             raise DKError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.alternate_flips and not self.flip:
+            raise DKError("alternate_flips needs flip")
         if self.nesterov and self.momentum == 0:
             raise DKError("nesterov needs a momentum above 0")
         if self.lr_schedule not in LR_SCHEDULES:

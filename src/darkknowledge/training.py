@@ -36,7 +36,7 @@ from darkknowledge.losses import (
     logit_matching_loss_and_grad,
 )
 from darkknowledge.models import apply_constraints, build_model
-from darkknowledge.views import RandomViews, ViewBank, Views
+from darkknowledge.views import AlternatingFlips, RandomViews, ViewBank, Views
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,47 @@ def compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return forward
 
 
+LOOKAHEAD_PREFIX = f"{OPTIM_PREFIX}lookahead."
+LOOKAHEAD_EVERY = 5  # steps between lookahead updates (airbench)
+
+
+class Lookahead:
+    """airbench's lookahead: a running average of the model's floating-point state (weights and BN statistics);
+    every ``LOOKAHEAD_EVERY`` steps the average moves towards the model by ``1 - decay`` and the model is set
+    to it. The decay ``0.95^5 x progress^3`` grows from 0 (the model leads) to 0.77 at the end of training;
+    ``finish`` sets the model to the average."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def update(self, step: int, total: int) -> bool:
+        """After SGD step ``step`` (1-based) of ``total``: blend when it is due; whether it blended."""
+        if step % LOOKAHEAD_EVERY:
+            return False
+        self._blend(0.95 ** LOOKAHEAD_EVERY * (step / total) ** 3)
+        return True
+
+    def finish(self) -> None:
+        self._blend(1.0)
+
+    @torch.no_grad()
+    def _blend(self, decay: float) -> None:
+        state = self.model.state_dict()
+        for k, avg in self.average.items():
+            avg.lerp_(state[k].to(avg.dtype), 1 - decay)
+            state[k].copy_(avg)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {LOOKAHEAD_PREFIX + k: v for k, v in self.average.items()}
+
+    def restore(self, extra: dict[str, torch.Tensor]) -> None:
+        for k, avg in self.average.items():
+            if LOOKAHEAD_PREFIX + k not in extra:
+                raise DKError(f"checkpoint lacks the lookahead average of {k}; start afresh without --resume")
+            avg.copy_(extra[LOOKAHEAD_PREFIX + k])
+
+
 def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return {f"{OPTIM_PREFIX}{i}.{k}": v for i, s in opt.state_dict()["state"].items()
             for k, v in s.items() if torch.is_tensor(v)}
@@ -180,6 +221,8 @@ def _restore_optim(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -
     state = opt.state_dict()
     params = [p for g in opt.param_groups for p in g["params"]]
     for name, v in extra.items():
+        if name.startswith(LOOKAHEAD_PREFIX):
+            continue
         i, k = name[len(OPTIM_PREFIX):].split(".", 1)
         p = params[int(i)]
         if v.shape == p.shape:  # momentum in its parameter's memory layout (channels-last convolutions):
@@ -303,11 +346,15 @@ def fit(
     if resume and checkpoint is not None:
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FREE}
         saved = resume_state(checkpoint, cfg.arch, train_cfg, defaults, meta or {})
+    lookahead: Lookahead | None = None
     if saved is not None:
         weights, saved_meta, extra = saved
         load_into(model, weights, str(checkpoint), cfg.arch)
         _restore_optim(opt, {k: v.to(device) for k, v in extra.items()})
         start, history = int(saved_meta["epoch"]), list(saved_meta["history"])
+        if cfg.lookahead and start < cfg.epochs:
+            lookahead = Lookahead(model)
+            lookahead.restore({k: v.to(device) for k, v in extra.items()})
     elif not calibrate:
         pass  # a model that starts trained (a specialist from its generalist) keeps its input layers
     elif hasattr(model, "calibrate_input"):
@@ -328,6 +375,9 @@ def fit(
     # What the student sees of each example, and which target row goes with it: the objective's bank of
     # views (the teacher's targets on each), or a fresh random view per step.
     views: Views = objective.bank if objective.bank is not None else RandomViews(cfg.jitter, cfg.flip)
+    alternate = cfg.alternate_flips and objective.bank is None
+    if cfg.lookahead and lookahead is None:
+        lookahead = Lookahead(model)  # after calibration: the average starts from the model as it starts
     if objective.bank is not None:
         objective.bank.check(len(x), cfg.jitter, cfg.flip, background)
     # Padded once (with the background level): a batch is then one index_select, jittered or not.
@@ -335,6 +385,7 @@ def fit(
     n, bs = len(x), cfg.batch_size
     shown = len(sampler) if sampler is not None else n  # examples per epoch
     steps_per_epoch = math.ceil(shown / bs)
+    total_steps = cfg.epochs * steps_per_epoch
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs, disable=not progress,
                unit="epoch", leave=False, mininterval=0.5)
     for epoch in bar:
@@ -343,6 +394,8 @@ def fit(
         gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch))
         model.train()
         perm = sampler(gen) if sampler is not None else torch.randperm(n, device=device, generator=gen)
+        if alternate:
+            views = AlternatingFlips.for_epoch(cfg.jitter, n, cfg.seed, epoch, device)
         # Running sums stay on the device: no host sync per step.
         loss_sum = torch.zeros((), device=device)
         loss_max = torch.full((), -math.inf, device=device)
@@ -362,6 +415,10 @@ def fit(
                 torch.maximum(norm_max, g, out=norm_max)
                 norm_sum += g
                 clipped += g > cfg.grad_clip
+            if lookahead is not None and lookahead.update(step_index + 1, total_steps) and hasattr(step, "refresh"):
+                step.refresh()  # the fused MLP step's low-precision copies follow the blended weights
+        if lookahead is not None and epoch + 1 == cfg.epochs:
+            lookahead.finish()  # the model leaves training as the average
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / shown, "loss_max": float(loss_max)}
         if cfg.grad_clip > 0:
             record.update(grad_norm_max=round(float(norm_max), 4),
@@ -383,7 +440,7 @@ def fit(
                 **(meta or {}), "arch": cfg.arch, "in_features": int(x[0].numel()), "in_shape": list(x.shape[1:]),
                 "num_classes": num_classes,
                 "epoch": epoch + 1, "epochs": cfg.epochs, "train_config": train_cfg, "history": history,
-            }, extra=_optim_tensors(opt))
+            }, extra={**_optim_tensors(opt), **(lookahead.tensors() if lookahead is not None else {})})
         if INTERRUPTED.is_set():  # a Ctrl-C whose KeyboardInterrupt was swallowed (errors.INTERRUPTED)
             raise KeyboardInterrupt
     bar.close()

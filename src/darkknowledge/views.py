@@ -7,6 +7,7 @@ objective's targets for each of its images.
 
 - ``RandomViews``: a fresh random view of every example at every step (or the example as it is, without
   jitter and flips); one target row per example. The hard-label and plain soft-target runs.
+  ``AlternatingFlips`` is the same with each image's mirror fixed per epoch and alternating between epochs.
 - ``ViewBank``: V views per example as codes ``[V, N]``, the teacher's output on view v of example n at
   row ``v * N + n`` of the targets (computed once, cached, reused by every student). A *random* bank
   (``ViewBank.random``) keeps slot 0 plain and draws the other slots' codes seeded, and the student picks
@@ -50,6 +51,28 @@ class RandomViews:
     def draw(self, padded: torch.Tensor, idx: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return gather_views(padded, idx, self.max_shift, self.flip, generator), idx
+
+
+@dataclass(frozen=True)
+class AlternatingFlips:
+    """Random translations, but derandomised mirrors (airbench's alternating flips): image n is mirrored in
+    this epoch exactly when ``mirrored[n]`` is 1; ``fit`` passes a seeded random half, inverted every other
+    epoch, so each image is seen both ways every two epochs. Targets one row per example."""
+
+    max_shift: int
+    mirrored: torch.Tensor  # [N] int64, 0 or 1
+
+    @classmethod
+    def for_epoch(cls, max_shift: int, n: int, seed: int, epoch: int, device: torch.device) -> "AlternatingFlips":
+        base = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed))
+        return cls(max_shift, (base ^ (epoch % 2)).to(device))
+
+    def draw(self, padded: torch.Tensor, idx: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.max_shift
+        shifts = torch.randint(0, 2 * k + 1, (2, len(idx)), device=padded.device, generator=generator)
+        codes = shifts[0] * (2 * k + 1) + shifts[1] + self.mirrored[idx] * (2 * k + 1) ** 2
+        return apply_views(padded, idx, codes, k, True), idx
 
 
 @dataclass(frozen=True)
@@ -171,4 +194,4 @@ class ViewBank:
         return self._view(padded, slot, idx), slot * n + idx
 
 
-Views = RandomViews | ViewBank
+Views = RandomViews | AlternatingFlips | ViewBank
