@@ -124,3 +124,19 @@ def test_resume_refuses_a_reproduction_started_with_other_settings(tmp_path):
     other = run_settings(EXPERIMENT, replace(SCALES["smoke"], member_epochs=3))
     with pytest.raises(DKError, match=r"other settings \(scale.member_epochs differ\)"):
         prepare_out(tmp_path, "cifar10", "smoke", resume=True, overwrite=False, settings=other)
+
+
+def test_resume_takes_a_setting_added_since_the_run_started_at_its_default(tmp_path):
+    from darkknowledge.experiments.cifar10 import EXPERIMENT, SCALES
+    from darkknowledge.experiments.report import MANIFEST, prepare_out, run_settings, settings_defaults
+
+    sc = SCALES["smoke"]
+    settings, defaults = run_settings(EXPERIMENT, sc), settings_defaults(EXPERIMENT, sc)
+    older = json.loads(json.dumps(settings))
+    del older["recipes"]["member"]["lookahead"]  # a manifest written before the field existed
+    (tmp_path / MANIFEST).write_text(json.dumps({"experiment": "cifar10", "scale": "smoke", "settings": older}))
+    prepare_out(tmp_path, "cifar10", "smoke", resume=True, overwrite=False, settings=settings, defaults=defaults)
+    newer = json.loads(json.dumps(settings))
+    newer["recipes"]["member"]["lookahead"] = True  # the new field set: not the run that was started
+    with pytest.raises(DKError, match=r"recipes.member.lookahead differ"):
+        prepare_out(tmp_path, "cifar10", "smoke", resume=True, overwrite=False, settings=newer, defaults=defaults)

@@ -184,10 +184,36 @@ def run_settings(exp: "Experiment", sc: Any) -> dict[str, Any]:
                                   "recipes": {k: dataclasses.asdict(v) for k, v in configs.items()}}))
 
 
+def settings_defaults(exp: "Experiment", sc: Any) -> dict[str, Any]:
+    """Every recipe field's default, shaped like ``run_settings``: a field added to a config after a run was
+    started is absent from its manifest and counts as this default there."""
+    return json.loads(json.dumps({"recipes": {k: dataclasses.asdict(type(v)()) for k, v in exp.configs(sc).items()}}))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[str]:
+    """The dotted keys (``recipes.member.lr``) whose values differ between two ``run_settings``; a key one
+    side lacks takes its value from ``defaults``."""
+    old, new, dflt = _flat(old), _flat(new), _flat(defaults or {})
+    missing = object()
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k, dflt.get(k, missing)) != new.get(k, dflt.get(k, missing)))
+
+
 def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite: bool,
-                settings: dict[str, Any] | None = None) -> None:
+                settings: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> None:
     """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same experiment, scale and
-    ``settings`` (``run_settings``: a run whose manifest predates them is resumed on experiment and scale)."""
+    ``settings`` (``run_settings``: a run whose manifest predates them is resumed on experiment and scale; a
+    setting added since the run started is the same when it holds its ``defaults`` value)."""
     manifest = out / MANIFEST
     if manifest.is_file():
         previous = json.loads(manifest.read_text())
@@ -201,9 +227,8 @@ def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite:
                 raise DKError(f"cannot resume {out}: it is a {previous.get('scale')!r}-scale reproduction, "
                               f"not {scale!r}")
             old = previous.get("settings")
-            if settings is not None and old is not None and old != settings:
-                changed = sorted(f"{part}.{k}" for part in settings for k in set(settings[part]) | set(old.get(part, {}))
-                                 if settings[part].get(k) != old.get(part, {}).get(k))
+            changed = changed_settings(old, settings, defaults) if settings is not None and old is not None else []
+            if changed:
                 raise DKError(f"cannot resume {out}: it was started with other settings ({', '.join(changed)} "
                               "differ); its finished stages would not match the new ones. Use --overwrite or "
                               "another --out")
@@ -259,7 +284,7 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
     out = Path(out)
     with open_executor(executor, workers, address=address, cpus_per_task=None) as ex:
         settings = run_settings(exp, sc)
-        prepare_out(out, exp.name, scale, resume, overwrite, settings)
+        prepare_out(out, exp.name, scale, resume, overwrite, settings, settings_defaults(exp, sc))
         atomic_write_json(out / MANIFEST, {"experiment": exp.name, "scale": scale, "seeds": seeds,
                                            "data_dir": str(data_dir), "device": str(dev), "commit": git_commit(),
                                            "executor": executor, "settings": settings})
