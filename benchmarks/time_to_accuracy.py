@@ -17,26 +17,69 @@ budget gains < 0.5 validation points. Writes benchmarks/results/time-to-accuracy
 from __future__ import annotations
 
 import argparse
+import itertools
+import dataclasses
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar_speed import conv_throughput, flops_per_image, recipe_for  # noqa: E402
 from common import environment  # noqa: E402
 
-from darkknowledge.config import TrainConfig  # noqa: E402
+from darkknowledge.config import TrainConfig, build_configs  # noqa: E402
 from darkknowledge.data import load_split  # noqa: E402
+from darkknowledge.errors import DKError  # noqa: E402
 from darkknowledge.device import cpu_supports_bf16, resolve_precision  # noqa: E402
 from darkknowledge.evaluation import errors_from_logits, predict_logits  # noqa: E402
 from darkknowledge.training import new_model  # noqa: E402
 from darkknowledge.workflows import train  # noqa: E402
 
 CURVE = 2000  # per-epoch test errors on a seeded sample of the test split
+
+
+def variant_overrides(variant: str) -> dict:
+    """``base``, or ``key=value[,key=value...]`` over the recipe's TrainConfig (YAML values: ``lookahead=true``,
+    ``precision=fp32``): how a setting is kept only if it helps on validation, measured beside the recipe."""
+    if variant == "base":
+        return {}
+    pairs = [p.split("=", 1) for p in variant.split(",")]
+    if any(len(p) != 2 for p in pairs):
+        raise DKError(f"variant {variant!r}: give base or key=value[,key=value...]")
+    return {k: yaml.safe_load(v) for k, v in pairs}
+
+
+def with_variant(cfg: TrainConfig, variant: str) -> TrainConfig:
+    overrides = {**{k: v for k, v in dataclasses.asdict(cfg).items()}, **variant_overrides(variant)}
+    return build_configs((TrainConfig,), overrides, f"variant {variant!r}")[TrainConfig]
+
+
+def compare_variants(runs: list[dict]) -> list[dict]:
+    """Each variant's mean validation and test accuracy against ``base`` at the same net, epochs and seeds."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in runs:
+        groups.setdefault((r["arch"], r["epochs"], r.get("variant", "base")), {})[r["seed"]] = r
+    rows = []
+    for (arch, epochs, variant), by_seed in sorted(groups.items()):
+        base = groups.get((arch, epochs, "base"), {})
+        seeds = sorted(set(by_seed) & set(base))
+        if variant == "base" or not seeds:
+            continue
+        gain = [100 * (by_seed[s][m] - base[s][m]) for s in seeds for m in ("val_accuracy",)]
+        rows.append({"arch": arch, "epochs": epochs, "variant": variant, "seeds": seeds,
+                     "val_gain_mean": round(statistics.fmean(gain), 3),
+                     "val_gain_std": round(statistics.stdev(gain), 3) if len(gain) > 1 else None,
+                     "test_gain_mean": round(statistics.fmean(100 * (by_seed[s]["test_accuracy"]
+                                                                      - base[s]["test_accuracy"]) for s in seeds), 3),
+                     "train_seconds_ratio": round(statistics.fmean(by_seed[s]["train_seconds"] / base[s]["train_seconds"]
+                                                                   for s in seeds), 3)})
+    return rows
 
 
 def budget(cfg: TrainConfig, epochs: int, seed: int, device: str) -> TrainConfig:
@@ -48,7 +91,7 @@ def doubling(runs: list[dict], arch: str) -> dict | None:
     """The smallest budget whose doubling gains < 0.5 points of mean validation accuracy, with the gains."""
     by_epochs: dict[int, list[float]] = {}
     for r in runs:
-        if r["arch"] == arch:
+        if r["arch"] == arch and r.get("variant", "base") == "base":
             by_epochs.setdefault(r["epochs"], []).append(r["val_accuracy"])
     means = {e: 100 * sum(v) / len(v) for e, v in by_epochs.items()}
     gains = {f"{e}->{2 * e}": round(means[2 * e] - means[e], 2) for e in sorted(means) if 2 * e in means}
@@ -67,11 +110,19 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--tta", type=int, default=2)
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/time-to-accuracy-DEV.json)")
+    ap.add_argument("--variants", nargs="+", default=["base"],
+                    help="base (the recipe) and/or key=value[,key=value] settings over it, each run beside the "
+                         "others: e.g. base lookahead=true alternate_flips=true precision=fp32")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out, run the rest")
     args = ap.parse_args()
     device = torch.device(args.device)
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"time-to-accuracy-{device.type}.json")
-    configs = {a: recipe_for(a) for a in args.archs}  # bad names fail before any work
+    configs = {a: recipe_for(a) for a in args.archs}  # bad names and settings fail before any work
+    try:
+        for a, v in itertools.product(args.archs, args.variants):
+            with_variant(configs[a], v)
+    except DKError as e:
+        raise SystemExit(f"error: {e}") from None
     data, (x_val, y_val) = load_split(f"cifar10:{args.data_dir}", args.val_size, args.train_limit)
     idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:CURVE].sort().values
     curve = (data.x_test[idx], data.y_test[idx])
@@ -86,42 +137,47 @@ def main() -> None:
                "curve_size": CURVE, "tta": args.tta, **environment(device), "runs": []}
     if args.resume and out.exists():
         payload["runs"] = json.loads(out.read_text())["runs"]
-    done = {(r["arch"], r["epochs"], r["seed"]) for r in payload["runs"]}
+    done = {(r["arch"], r["epochs"], r["seed"], r.get("variant", "base")) for r in payload["runs"]}
 
     def save() -> None:
         payload["convergence"] = {a: doubling(payload["runs"], a) for a in args.archs}
+        payload["variants"] = compare_variants(payload["runs"])
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=1))
         tmp.replace(out)  # atomic: a cut-off run never leaves half a file
 
     for arch, base in configs.items():
-        for epochs in args.epochs:
-            for seed in range(args.seeds):
-                if (arch, epochs, seed) in done:
-                    continue
-                cfg = budget(base, epochs, seed, args.device)
-                t0 = time.perf_counter()
-                r = train(f"{arch} {epochs}ep s{seed}", data, cfg, progress=True, curve=curve)
-                wall = time.perf_counter() - t0
-                val = errors_from_logits(predict_logits(r.model, x_val), y_val, 10)["accuracy"]
-                tta = errors_from_logits(predict_logits(r.model, data.x_test, tta=args.tta), data.y_test,
-                                         10)["accuracy"]
-                row = {"arch": arch, "epochs": epochs, "seed": seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                       "parameters": sum(p.numel() for p in r.model.parameters()),
-                       "forward_mflops_per_image": round(flops_per_image(new_model(cfg, (3, 32, 32), 10)) / 1e6, 2),
-                       "train_seconds": round(sum(h["seconds"] for h in r.history), 1), "wall_seconds": round(wall, 1),
-                       "val_accuracy": val, "test_accuracy": r.test["accuracy"], "test_accuracy_tta": tta,
-                       "curve": [{"epoch": h["epoch"], "seconds": round(h["seconds"], 2),
-                                  "test_errors": h.get("test_errors")} for h in r.history]}
-                payload["runs"].append(row)
-                save()
-                print(f"{arch} {epochs} epochs seed {seed}: {100 * row['test_accuracy']:.2f}% test "
-                      f"({100 * tta:.2f}% with TTA), {100 * val:.2f}% val, {row['train_seconds']:.0f} s", flush=True)
+        for epochs, seed, variant in itertools.product(args.epochs, range(args.seeds), args.variants):
+            if (arch, epochs, seed, variant) in done:
+                continue
+            cfg = budget(with_variant(base, variant), epochs, seed, args.device)
+            t0 = time.perf_counter()
+            r = train(f"{arch} {epochs}ep s{seed} {variant}", data, cfg, progress=True, curve=curve)
+            wall = time.perf_counter() - t0
+            val = errors_from_logits(predict_logits(r.model, x_val), y_val, 10)["accuracy"]
+            tta = errors_from_logits(predict_logits(r.model, data.x_test, tta=args.tta), data.y_test,
+                                     10)["accuracy"]
+            row = {"arch": arch, "epochs": epochs, "seed": seed, "variant": variant,
+                   "precision": resolve_precision(cfg.precision, device), "batch_size": cfg.batch_size, "lr": cfg.lr,
+                   "parameters": sum(p.numel() for p in r.model.parameters()),
+                   "forward_mflops_per_image": round(flops_per_image(new_model(cfg, (3, 32, 32), 10)) / 1e6, 2),
+                   "train_seconds": round(sum(h["seconds"] for h in r.history), 1), "wall_seconds": round(wall, 1),
+                   "val_accuracy": val, "test_accuracy": r.test["accuracy"], "test_accuracy_tta": tta,
+                   "curve": [{"epoch": h["epoch"], "seconds": round(h["seconds"], 2),
+                              "test_errors": h.get("test_errors")} for h in r.history]}
+            payload["runs"].append(row)
+            save()
+            print(f"{arch} {epochs} epochs seed {seed} {variant}: {100 * row['test_accuracy']:.2f}% test "
+                  f"({100 * tta:.2f}% with TTA), {100 * val:.2f}% val, {row['train_seconds']:.0f} s", flush=True)
     save()
-    print(f"\n| net | epochs | seed | train s | val % | test % | test % TTA |\n|---|---|---|---|---|---|---|")
+    print(f"\n| net | epochs | seed | variant | train s | val % | test % | test % TTA |\n|---|---|---|---|---|---|---|---|")
     for r in payload["runs"]:
-        print(f"| {r['arch']} | {r['epochs']} | {r['seed']} | {r['train_seconds']:.0f} | {100 * r['val_accuracy']:.2f} "
-              f"| {100 * r['test_accuracy']:.2f} | {100 * r['test_accuracy_tta']:.2f} |")
+        print(f"| {r['arch']} | {r['epochs']} | {r['seed']} | {r.get('variant', 'base')} | {r['train_seconds']:.0f} "
+              f"| {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | {100 * r['test_accuracy_tta']:.2f} |")
+    for v in payload["variants"]:
+        print(f"{v['arch']} {v['epochs']} epochs, {v['variant']} vs base (seeds {v['seeds']}): validation "
+              f"{v['val_gain_mean']:+.2f} points (std {v['val_gain_std']}), test {v['test_gain_mean']:+.2f}, "
+              f"{v['train_seconds_ratio']:.2f}x the training seconds")
     for a, c in payload["convergence"].items():
         print(f"{a}: validation gain from doubling the epochs {c['gains']}; converged at {c['converged_at_epochs']}")
     print(f"wrote {out}")

@@ -119,6 +119,15 @@ def test_time_to_accuracy_benchmark_side_by_side_and_resumable(cifar_dir, tmp_pa
     again = run("time_to_accuracy.py", *args, "--resume")  # every run is there already: nothing trains
     assert again.returncode == 0 and len(json.loads(out.read_text())["runs"]) == 4
     assert "epochs seed" not in again.stdout
+    variant = "lookahead=true,alternate_flips=true"  # beside base: only the new variant trains
+    more = run("time_to_accuracy.py", *args[:2], "--archs", "airnet-8-16-16", "--epochs", "1", *args[8:],
+               "--variants", "base", variant, "--resume")
+    assert more.returncode == 0, more.stderr
+    res = json.loads(out.read_text())
+    assert len(res["runs"]) == 5 and [v["variant"] for v in res["variants"]] == [variant]
+    assert res["variants"][0]["seeds"] == [0] and "vs base" in more.stdout
+    wrong = run("time_to_accuracy.py", *args, "--variants", "lookahead=maybe")
+    assert wrong.returncode != 0 and "'lookahead' must be bool" in wrong.stderr
     bad = run("time_to_accuracy.py", "--data-dir", cifar_dir, "--archs", "vgg-16", "--out", tmp_path / "bad.json")
     assert bad.returncode != 0 and "no recipe for 'vgg-16'" in bad.stderr and not (tmp_path / "bad.json").exists()
 
