@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The long CPU measurements behind the CIFAR tables, one after another in one background command; every step
+# is resumable (run it again to continue where it stopped) and writes its results as it goes.
+#
+#   nohup benchmarks/cpu_long.sh [OUT] > runs/cpu-long.log 2>&1 &
+#
+# Steps (STEPS="..." runs a subset, in this order):
+#   cifar10     dk reproduce cifar10 --scale full                           (~3 h on 2 cores)
+#   cifar100    dk reproduce cifar100 --scale full                          (~2.5-3 h)
+#   variants    time_to_accuracy.py: base, fp32, lookahead, alternating flips; 10 epochs, 3 seeds (~2 h)
+#   doubling    time_to_accuracy.py: airnet and resnet-s-w8 at 5, 10, 20, 40 epochs (~2 h)
+#   quick       dk reproduce cifar10/cifar100 --quick on the real data, timed (<= 20 min each is the target)
+#   generality  dk reproduce cifar10 --quick on benchmarks/cifar_variants.py's data sets (never tuned on)
+# Nothing else should run beside it: two processes of two threads each on two cores run several times slower.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-runs}"
+PY="${PYTHON:-.venv/bin/python}"
+DATA="${DK_DATA:-$PWD/.cache/data}"
+STEPS="${STEPS:-cifar10 cifar100 variants doubling quick generality}"
+RESULTS=benchmarks/results
+mkdir -p "$OUT"
+if [ ! -d "$DATA/cifar-100-python" ]; then
+    "$PY" ../shared/tools/datasets.py install "$DATA"
+fi
+timed() {  # NAME CMD...: run, then append the wall seconds to OUT/walls.txt
+    local name=$1 start
+    shift
+    start=$(date +%s)
+    "$@"
+    echo "$name: $(( $(date +%s) - start )) s wall ($(date -u +%FT%TZ))" | tee -a "$OUT/walls.txt"
+}
+reproduce() {  # EXPERIMENT SCALE DATA OUTDIR
+    "$PY" -m darkknowledge reproduce "$1" --scale "$2" --device cpu --data-dir "$3" --out "$4" --resume --no-progress
+}
+for step in $STEPS; do
+    case $step in
+        cifar10 | cifar100)
+            timed "$step full" reproduce "$step" full "$DATA" "$OUT/$step-full" ;;
+        variants)
+            timed variants "$PY" benchmarks/time_to_accuracy.py --data-dir "$DATA" --archs airnet-32-128-128 \
+                --epochs 10 --seeds 3 --variants base precision=fp32 lookahead=true alternate_flips=true \
+                --out "$RESULTS/airnet-variants-cpu.json" --resume ;;
+        doubling)
+            timed doubling "$PY" benchmarks/time_to_accuracy.py --data-dir "$DATA" \
+                --archs airnet-32-128-128 resnet-s-w8 --epochs 5 10 20 40 --resume ;;
+        quick)
+            for exp in cifar10 cifar100; do
+                timed "$exp quick" reproduce "$exp" quick "$DATA" "$OUT/$exp-quick"
+            done ;;
+        generality)
+            for variant in cifar100-10 inverted; do
+                [ -d "$OUT/data-$variant/cifar-10-batches-py" ] ||
+                    "$PY" benchmarks/cifar_variants.py --data-dir "$DATA" --variant "$variant" --out "$OUT/data-$variant"
+                timed "cifar10 quick on $variant" reproduce cifar10 quick "$OUT/data-$variant" "$OUT/cifar10-quick-$variant"
+            done ;;
+        *)
+            echo "unknown step $step; steps: cifar10 cifar100 variants doubling quick generality" >&2
+            exit 2 ;;
+    esac
+done
+echo "done: $OUT/walls.txt; reproductions in $OUT/*/results.md; benchmarks in $RESULTS"
