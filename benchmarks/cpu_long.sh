@@ -11,13 +11,15 @@
 #   doubling    time_to_accuracy.py: airnet and resnet-s-w8 at 5, 10, 20, 40 epochs (~2 h)
 #   quick       dk reproduce cifar10/cifar100 --quick on the real data, timed (<= 20 min each is the target)
 #   generality  dk reproduce cifar10 --quick on benchmarks/cifar_variants.py's data sets (never tuned on)
+#   peer        4 wide airnet-64-256-256 members of 10 epochs (~75 min), then peer_torchdistill_cifar.py
+#               in benchmarks/.venv-peer (its docstring sets it up): wall time to the same accuracy
 # Nothing else should run beside it: two processes of two threads each on two cores run several times slower.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DK_DATA:-$PWD/.cache/data}"
-STEPS="${STEPS:-cifar10 cifar100 variants doubling quick generality}"
+STEPS="${STEPS:-cifar10 cifar100 variants doubling quick generality peer}"
 RESULTS=benchmarks/results
 mkdir -p "$OUT"
 if [ ! -d "$DATA/cifar-100-python" ]; then
@@ -54,8 +56,16 @@ for step in $STEPS; do
                     "$PY" benchmarks/cifar_variants.py --data-dir "$DATA" --variant "$variant" --out "$OUT/data-$variant"
                 timed "cifar10 quick on $variant" reproduce cifar10 quick "$OUT/data-$variant" "$OUT/cifar10-quick-$variant"
             done ;;
+        peer)
+            timed "wide members" "$PY" -m darkknowledge train --data "cifar10:$DATA" \
+                --config src/darkknowledge/recipes/cifar10/member.yaml --arch airnet-64-256-256 --epochs 10 \
+                --warmup-epochs 2 --members 4 --device cpu --out "$OUT/wide" --resume --no-progress
+            members=()
+            for i in 0 1 2 3; do members+=(--member "$OUT/wide/member$i"); done
+            timed peer benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir "$DATA" \
+                "${members[@]}" --device cpu ;;
         *)
-            echo "unknown step $step; steps: cifar10 cifar100 variants doubling quick generality" >&2
+            echo "unknown step $step; steps: cifar10 cifar100 variants doubling quick generality peer" >&2
             exit 2 ;;
     esac
 done
