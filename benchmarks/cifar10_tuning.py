@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=0, help="members in the teacher (default: all found)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides (YAML values)")
     ap.add_argument("--views", type=int, default=0, help="view bank size (0: the scale's; -1: no bank)")
+    ap.add_argument("--mixup", type=float, default=0.0, help="mixup alpha of the view bank (0: unmixed views)")
     ap.add_argument("--cache", help="soft-target cache directory shared by runs with the same teacher")
     ap.add_argument("--train-limit", type=int, default=0, help="images of the split before validation (0: the scale's)")
     ap.add_argument("--save", help="write the trained model's checkpoint to this directory")
@@ -84,7 +85,7 @@ def main() -> None:
         paths = sorted(Path(args.members).glob("member*"))
         count = 1 if args.role == "soft_small" else (args.count or len(paths))
         teacher = Teacher.from_checkpoints(paths[:count], device="cpu", cache_dir=args.cache)
-        tcfg = TransferConfig(view_bank=views if (cfg.jitter or cfg.flip) else 0)
+        tcfg = TransferConfig(view_bank=views if (cfg.jitter or cfg.flip) else 0, mixup=args.mixup)
         r = distill(args.role, data, teacher, cfg, dcfg, tcfg, transfer=(x, y), out=args.save, progress=False)
     else:
         r = train(args.role, data, cfg, transfer=(x, y), out=args.save, progress=False)
@@ -92,7 +93,7 @@ def main() -> None:
     val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
     fit = errors_from_logits(predict_logits(r.model, x), y, data.num_classes)
     row = {"role": args.role, "tag": args.tag, "scale": args.scale, "seed": args.seed, "overrides": overrides,
-           "views": tcfg.view_bank if soft else None, "teacher_members": count if soft else None,
+           "views": tcfg.view_bank if soft else None, "mixup": tcfg.mixup if soft else None, "teacher_members": count if soft else None,
            "config": {**dataclasses.asdict(cfg), **(dataclasses.asdict(dcfg) if soft else {})},
            "train_limit": sc.train_limit, "train_size": len(x), "val_size": len(y_val), "val_errors": val["errors"],
            "val_accuracy": round(val["accuracy"], 4), "train_accuracy": round(fit["accuracy"], 4),

@@ -6,6 +6,8 @@
 #
 # Steps (STEPS="..." runs a subset, in this order):
 #   cifar10     dk reproduce cifar10 --scale full                           (~3 h on 2 cores)
+#   distill     cifar10_tuning.py on the full run's split, members and cached bank: distillation settings
+#               (hard weight 0, T 2, mixed views, a 40-epoch student beside a 40-epoch member) (~2.5 h)
 #   cifar100    dk reproduce cifar100 --scale full                          (~2.5-3 h)
 #   variants    time_to_accuracy.py: base, fp32, lookahead, alternating flips; 10 epochs, 3 seeds (~2 h)
 #   doubling    time_to_accuracy.py: airnet and resnet-s-w8 at 5, 10, 20, 40 epochs (~2 h)
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DK_DATA:-$PWD/.cache/data}"
-STEPS="${STEPS:-cifar10 cifar100 variants doubling quick generality peer}"
+STEPS="${STEPS:-cifar10 distill cifar100 variants doubling quick generality peer}"
 RESULTS=benchmarks/results
 mkdir -p "$OUT"
 if [ ! -d "$DATA/cifar-100-python" ]; then
@@ -39,6 +41,22 @@ for step in $STEPS; do
     case $step in
         cifar10 | cifar100)
             timed "$step full" reproduce "$step" full "$DATA" "$OUT/$step-full" ;;
+        distill)
+            tune() {  # ROLE TAG [KEY=VALUE...]: one run on the full scale's validation split, skipped if logged
+                local role=$1 tag=$2 extra=()
+                shift 2
+                [ "${1:-}" = --mixup ] && { extra=(--mixup "$2"); shift 2; }
+                grep -q "\"tag\": \"$tag\"" "$RESULTS/cifar10-tuning.jsonl" 2>/dev/null && return 0
+                timed "tuning $tag" "$PY" benchmarks/cifar10_tuning.py --data-dir "$DATA" --scale full --role "$role" \
+                    --members "$OUT/cifar10-full/members" --cache "$OUT/cifar10-full/cache" --tag "$tag" ${extra[@]+"${extra[@]}"} --set "$@"
+            }
+            # base: the full run's distilled stage (T 1 chosen there, hard weight 0.5) with its cached bank
+            tune distilled full-dist-base temperature=1
+            tune distilled full-dist-hard0 temperature=1 hard_weight=0 soft_weight=1
+            tune distilled full-dist-T2 temperature=2
+            tune distilled full-dist-mixup --mixup 0.5 temperature=1 hard_weight=0 soft_weight=1
+            tune member full-member-e40 epochs=40 warmup_epochs=8
+            tune distilled full-dist-e40 temperature=1 epochs=40 warmup_epochs=8 ;;
         variants)
             timed variants "$PY" benchmarks/time_to_accuracy.py --data-dir "$DATA" --archs airnet-32-128-128 \
                 --epochs 10 --seeds 3 --variants base precision=fp32 lookahead=true alternate_flips=true \
@@ -65,7 +83,7 @@ for step in $STEPS; do
             timed peer benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir "$DATA" \
                 "${members[@]}" --device cpu ;;
         *)
-            echo "unknown step $step; steps: cifar10 cifar100 variants doubling quick generality peer" >&2
+            echo "unknown step $step; steps: cifar10 distill cifar100 variants doubling quick generality peer" >&2
             exit 2 ;;
     esac
 done
