@@ -7,7 +7,8 @@
 # Steps (STEPS="..." runs a subset, in this order):
 #   cifar10     dk reproduce cifar10 --scale full                           (~3 h on 2 cores)
 #   distill     cifar10_tuning.py on the full run's split, members and cached bank: distillation settings
-#               (hard weight 0, T 2, mixed views, a 40-epoch student beside a 40-epoch member) (~2.5 h)
+#               (hard weight 0, T 2, mixed views, a 40-epoch student beside a 40-epoch member; section 6
+#               at T 1, 5, 10) (~3 h)
 #   cifar100    dk reproduce cifar100 --scale full                          (~2.5-3 h)
 #   variants    time_to_accuracy.py: base, fp32, lookahead, alternating flips; 10 epochs, 3 seeds (~2 h)
 #   doubling    time_to_accuracy.py: airnet and resnet-s-w8 at 5, 10, 20, 40 epochs (~2 h)
@@ -56,7 +57,10 @@ for step in $STEPS; do
             tune distilled full-dist-T2 temperature=2
             tune distilled full-dist-mixup --mixup 0.5 temperature=1 hard_weight=0 soft_weight=1
             tune member full-member-e40 epochs=40 warmup_epochs=8
-            tune distilled full-dist-e40 temperature=1 epochs=40 warmup_epochs=8 ;;
+            tune distilled full-dist-e40 temperature=1 epochs=40 warmup_epochs=8
+            # section 6 on 3% (the full run used T 1, chosen for section 4)
+            tune hard_small full-hard3-base epochs=100
+            for t in 1 5 10; do tune soft_small "full-soft3-T$t" "temperature=$t"; done ;;
         variants)
             timed variants "$PY" benchmarks/time_to_accuracy.py --data-dir "$DATA" --archs airnet-32-128-128 \
                 --epochs 10 --seeds 3 --variants base precision=fp32 lookahead=true alternate_flips=true \
