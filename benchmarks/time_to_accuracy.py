@@ -56,7 +56,7 @@ def variant_overrides(variant: str) -> dict:
 
 
 def with_variant(cfg: TrainConfig, variant: str) -> TrainConfig:
-    overrides = {**{k: v for k, v in dataclasses.asdict(cfg).items()}, **variant_overrides(variant)}
+    overrides = {**dataclasses.asdict(cfg), **variant_overrides(variant)}
     return build_configs((TrainConfig,), overrides, f"variant {variant!r}")[TrainConfig]
 
 
@@ -71,7 +71,7 @@ def compare_variants(runs: list[dict]) -> list[dict]:
         seeds = sorted(set(by_seed) & set(base))
         if variant == "base" or not seeds:
             continue
-        gain = [100 * (by_seed[s][m] - base[s][m]) for s in seeds for m in ("val_accuracy",)]
+        gain = [100 * (by_seed[s]["val_accuracy"] - base[s]["val_accuracy"]) for s in seeds]
         rows.append({"arch": arch, "epochs": epochs, "variant": variant, "seeds": seeds,
                      "val_gain_mean": round(statistics.fmean(gain), 3),
                      "val_gain_std": round(statistics.stdev(gain), 3) if len(gain) > 1 else None,

@@ -182,8 +182,9 @@ class Lookahead:
     ``finish`` sets the model to the average."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        live = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}  # views of the model's tensors
+        self.average = {k: v.detach().clone() for k, v in live.items()}
+        self.pairs = [(self.average[k], v) for k, v in live.items()]  # built once: no state_dict() per blend
 
     def update(self, step: int, total: int) -> bool:
         """After SGD step ``step`` (1-based) of ``total``: blend when it is due; whether it blended."""
@@ -197,10 +198,9 @@ class Lookahead:
 
     @torch.no_grad()
     def _blend(self, decay: float) -> None:
-        state = self.model.state_dict()
-        for k, avg in self.average.items():
-            avg.lerp_(state[k].to(avg.dtype), 1 - decay)
-            state[k].copy_(avg)
+        for avg, live in self.pairs:
+            avg.lerp_(live, 1 - decay)
+            live.copy_(avg)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {LOOKAHEAD_PREFIX + k: v for k, v in self.average.items()}
