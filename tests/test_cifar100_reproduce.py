@@ -41,6 +41,12 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
     combine = res["combine"]["combine/s0"]
     assert combine["top_n"] in (1, 2, 3) and combine["combine_examples_per_second"] > 0
     assert (out / "clusters.png").stat().st_size > 1000 and (out / "results.md").read_text().count("|") > 40
+    (check,) = res["teacher_check"]  # the combination (distilled back) against the generalist, on validation
+    val = res["scale_config"]["val_size"]
+    assert check["split"] == "validation" and check["row"] == "combined"
+    stage = json.loads((out / "stages" / "combine__s0.json").read_text())["result"]
+    assert check["baseline_errors"] == [round(val * (1 - stage["val_generalist_accuracy"]))]
+    assert check["teacher_better"] == (check["warning"] is None)
     assert "Traceback" not in r.stderr
 
 

@@ -44,6 +44,11 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
     assert soft["views"] == 4 and soft["transfer_size"] == res["curves_3pct"]["soft3/s0"]["train_size"]
     assert (out / "results.md").read_text().count("|") > 50 and (out / "small_data.png").stat().st_size > 1000
     assert "gap_recovered_percent" in r.stdout and "Traceback" not in r.stderr
+    (check,) = res["teacher_check"]  # the ensemble against each member, on the validation split
+    ens = res["ensemble"]
+    assert check["split"] == "validation" and check["size"] == ens["val_size"] == res["scale_config"]["val_size"]
+    assert check["baseline_errors"] == ens["val_members"] and set(check["teacher_errors"]) == {ens["val_arithmetic"]}
+    assert check["teacher_better"] == (check["warning"] is None)
 
 
 def test_resume_of_a_finished_reproduction_runs_nothing(smoke, cifar_dir):

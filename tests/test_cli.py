@@ -65,6 +65,30 @@ def test_distill_with_omitted_class_and_unlabelled(teacher, tmp_path):
     assert summary["results"][0]["transfer_size"] == int((load_digits().y_train != 3).sum())  # every 3 is gone
 
 
+def test_distill_checks_its_teacher_against_a_hard_label_baseline_on_the_validation_split(tmp_path):
+    val = ["--val-size", "200"]
+    good, weak = tmp_path / "good", tmp_path / "weak"
+    assert dk("train", "--arch", "mlp-300x2", "--out", good, *val, *QUICK).returncode == 0
+    assert dk("train", "--arch", "mlp-30x2", "--lr", "1e-6", "--epochs", "1", "--out", weak, *val,
+              "--no-progress").returncode == 0  # a teacher that learnt nothing
+    assert json.loads((good / "model.json").read_text())["val_size"] == 200
+
+    r = dk("distill", "--teacher", good, "--baseline", weak, "--out", tmp_path / "s1", "--cache-dir", "", *val, *QUICK)
+    assert r.returncode == 0, r.stderr
+    check = json.loads((tmp_path / "s1" / "summary.json").read_text())["teacher_check"]
+    assert check["split"] == "validation" and check["size"] == 200 and check["teacher_better"]
+    assert "warning" not in r.stderr and "teacher check (validation split, 200 images)" in r.stderr
+
+    r = dk("distill", "--teacher", weak, "--baseline", good, "--out", tmp_path / "s2", "--cache-dir", "", *val, *QUICK)
+    assert r.returncode == 0, r.stderr  # a warning, not an error: the user may know better
+    assert "warning: the teacher (" in r.stderr and "not better than the hard-label baseline" in r.stderr
+    assert not json.loads((tmp_path / "s2" / "summary.json").read_text())["teacher_check"]["teacher_better"]
+
+    out = tmp_path / "s3"  # no --val-size: the teachers' validation images would be in its transfer set
+    r = dk("distill", "--teacher", good, "--baseline", weak, "--out", out, "--val-size", "300", *QUICK)
+    assert_clean_error(r, "--val-size 200", "give the --val-size it was trained with", out=out)
+
+
 def test_archs_lists_the_registry():
     r = dk("archs")
     assert r.returncode == 0 and "mlp-1200x2" in r.stdout and "mlp-30x2" in r.stdout

@@ -1,6 +1,8 @@
 import torch
 
-from darkknowledge.evaluation import bias_vector, errors_from_logits, fit_bias_offset
+import pytest
+
+from darkknowledge.evaluation import bias_vector, errors_from_logits, fit_bias_offset, teacher_check
 
 
 def test_fit_bias_offset_recovers_a_known_shift():
@@ -22,3 +24,15 @@ def test_fit_bias_offset_moves_several_classes_together_and_prefers_zero():
     logits[:, 1:] += 10  # 1s and 2s over-predicted
     offset, errors = fit_bias_offset(logits, y, [1, 2])
     assert errors == 0 and -15 < offset <= -5
+
+
+def test_teacher_check_passes_a_better_teacher_and_warns_about_one_that_is_not():
+    good = teacher_check([60, 62], [100, 98], 10_000, "validation")
+    assert good["teacher_better"] and good["warning"] is None and good["split"] == "validation"
+    tie = teacher_check([100], [100], 10_000, "test")  # no better is not better
+    assert not tie["teacher_better"] and "not better than the hard-label baseline (100)" in tie["warning"]
+    worse = teacher_check([1364, 1360, 1370], [1108, 1100, 1380], 10_000, "test", baseline="hard-label student")
+    assert not worse["teacher_better"]
+    assert "in 2 of 3 pairs" in worse["warning"] and "1364.67 errors of 10000 on the test split" in worse["warning"]
+    with pytest.raises(ValueError):
+        teacher_check([1, 2], [3], 10, "test")

@@ -66,6 +66,11 @@ def test_results_contract(reference):
     beyond = res["beyond_paper_rows"]
     assert [b["experiment"] for b in beyond] == ["distilled_jittered_transfer"] and beyond[0]["status"] == "done"
     assert beyond[0]["compared_with"] == "distilled" and "Beyond the paper" in (out / "results.md").read_text()
+    (check,) = res["teacher_check"]
+    assert check["row"] == "teacher" and check["split"] == "test" and check["size"] == 10_000
+    assert check["teacher_errors"] == rows["teacher"]["values"] and check["baseline_errors"] == rows["student"]["values"]
+    assert check["teacher_better"] == (check["warning"] is None) == ("warning" not in rows["teacher"])
+    assert "Teacher check" in (out / "results.md").read_text()
 
 
 def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):

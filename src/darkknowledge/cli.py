@@ -107,7 +107,7 @@ COLUMNS = ("model", "test_errors", "test_size", "accuracy_%", "transfer_size", "
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from darkknowledge.data import load_data
+    from darkknowledge.data import load_split
     from darkknowledge.workflows import train
 
     cfgs = resolve(args, COMMAND_CONFIGS["train"])
@@ -116,8 +116,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.members > 1 or args.executor != "local":
         return _train_members(args, cfg, run)
     _check_out(out, args.resume, args.overwrite)
-    data = load_data(run.data)
-    result = train(cfg.arch, data, cfg, out=out, resume=args.resume, progress=not args.no_progress)
+    data, _ = load_split(run.data, run.val_size)
+    result = train(cfg.arch, data, cfg, out=out, resume=args.resume, progress=not args.no_progress,
+                   meta={"val_size": run.val_size} if run.val_size else None)
     print_table([_result_row(result)], COLUMNS)
     print(f"checkpoint: {out}  summary: {_write_summary(out, [result], {'command': 'train'})}")
     return 0
@@ -125,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_members(args: argparse.Namespace, cfg: TrainConfig, run: RunConfig) -> int:
     """``dk train --members N``: an ensemble of N seeds (cfg.seed onwards) in OUT/member0..N-1."""
-    from darkknowledge.data import load_data
+    from darkknowledge.data import load_split
     from darkknowledge.ensembles import evaluate_ensemble, train_members
     from darkknowledge.teachers import Teacher
     from darkknowledge.device import resolve_device
@@ -135,9 +136,9 @@ def _train_members(args: argparse.Namespace, cfg: TrainConfig, run: RunConfig) -
         raise DKError(f"--members must be >= 1, got {args.members}")
     for i in range(args.members):
         _check_out(out / f"member{i}", args.resume, args.overwrite)
-    data = load_data(run.data)  # fail fast on bad data, before any member starts
+    data, _ = load_split(run.data, run.val_size)  # fail fast on bad data, before any member starts
     outcomes = train_members(run.data, cfg, args.members, out, executor=args.executor, workers=args.workers,
-                             address=args.address, progress=not args.no_progress,
+                             address=args.address, val_size=run.val_size, progress=not args.no_progress,
                              log=lambda m: print(m, file=sys.stderr))
     rows = [{"model": f"member{i}", "seed": cfg.seed + i,
              **({"test_errors": o.value["test_errors"], "test_size": o.value["test_size"],
@@ -162,10 +163,10 @@ def _train_members(args: argparse.Namespace, cfg: TrainConfig, run: RunConfig) -
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from darkknowledge.data import load_data
+    from darkknowledge.data import load_split
     from darkknowledge.teachers import Teacher
     from darkknowledge.device import resolve_device
-    from darkknowledge.workflows import distill
+    from darkknowledge.workflows import check_teacher, distill
 
     cfgs = resolve(args, COMMAND_CONFIGS["distill"])
     cfg, dcfg, tch, tcfg, run = (cfgs[c] for c in COMMAND_CONFIGS["distill"])
@@ -173,14 +174,44 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise DKError("distill needs at least one --teacher checkpoint")
     out = Path(run.out)
     _check_out(out, args.resume, args.overwrite)
-    data = load_data(run.data)
-    teacher = Teacher.from_checkpoints(tch.teachers, tch.combine, device=resolve_device(cfg.device),
-                                       cache_dir=run.cache_dir or None)
+    if run.val_size:
+        _check_held_out(list(tch.teachers) + ([tch.baseline] if tch.baseline else []), run.val_size)
+    data, val = load_split(run.data, run.val_size)
+    device = resolve_device(cfg.device)
+    teacher = Teacher.from_checkpoints(tch.teachers, tch.combine, device=device, cache_dir=run.cache_dir or None)
+    teacher.check_fits(data)
+    extra: dict[str, Any] = {"command": "distill"}
+    if tch.baseline:
+        from darkknowledge.checkpoint import load_checkpoint
+
+        from darkknowledge.teachers import check_model_fits
+
+        baseline, meta, _ = load_checkpoint(tch.baseline, device=device)
+        check_model_fits(baseline, meta["num_classes"], data, "the baseline")
+        x, y, split = (*val, "validation") if val is not None else (data.x_test, data.y_test, "test")
+        check = check_teacher(teacher, baseline, x.to(device), y.to(device), split)
+        extra["teacher_check"] = check
+        print(f"teacher check ({split} split, {check['size']} images): teacher {check['teacher_errors'][0]} errors, "
+              f"hard-label baseline {check['baseline_errors'][0]}", file=sys.stderr)
+        if check["warning"]:
+            print(f"warning: {check['warning']}", file=sys.stderr)
     result = distill(f"distilled-{cfg.arch}", data, teacher, cfg, dcfg, tcfg, out=out, resume=args.resume,
                      progress=not args.no_progress, meta={"teachers": list(tch.teachers)})
     print_table([_result_row(result)], COLUMNS)
-    print(f"checkpoint: {out}  summary: {_write_summary(out, [result], {'command': 'distill'})}")
+    print(f"checkpoint: {out}  summary: {_write_summary(out, [result], extra)}")
     return 0
+
+
+def _check_held_out(checkpoints: Sequence[str], val_size: int) -> None:
+    """The validation split of ``val_size`` must be one every checkpoint was trained without."""
+    from darkknowledge.checkpoint import read_meta
+
+    for path in checkpoints:
+        theirs = read_meta(path).get("val_size", 0)
+        if theirs != val_size:
+            held = f"--val-size {theirs}" if theirs else "all the training images (no --val-size)"
+            raise DKError(f"{path} was trained on {held}, so a validation split of {val_size} would hold images it "
+                          f"learnt from: give the --val-size it was trained with")
 
 
 def parse_bias_fix(items: Sequence[str]) -> dict[int, float]:
@@ -232,6 +263,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"distilled student {'beats' if summary['distilled_errors'] < summary['student_errors'] else 'does NOT beat'}"
           f" the hard-label student: {summary['distilled_errors']} vs {summary['student_errors']} errors "
           f"of {summary['test_size']}; total {summary['total_seconds']:.1f} s")
+    if summary["teacher_check"]["warning"]:
+        print(f"warning: {summary['teacher_check']['warning']}", file=sys.stderr)
     print(f"wrote {args.out}/summary.json and {args.out}/demo.png")
     return 0
 
@@ -259,6 +292,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     print_table([{**r, "measured": fmt_measured(r), "paper": "" if r["paper"] is None else r["paper"]}
                  for r in results["rows"]], ("experiment", "metric", "paper", "measured", "status", "seconds"))
+    for check in results.get("teacher_check", []):
+        if check["warning"]:
+            print(f"warning: {check['warning']}", file=sys.stderr)
     for k, v in results.get("bias_offsets", {}).items():
         print(f"{k}: bias offset fitted on validation {v['validation_fitted']}, test-optimal {v['test_optimal']}, "
               f"paper {v['paper']}")

@@ -100,6 +100,8 @@ class TeacherConfig:
     teachers: tuple[str, ...] = field(default=(), metadata={
         "help": "teacher checkpoint directory; repeat for an ensemble", "flag": "--teacher"})
     combine: str = _help(f"ensemble mean of the members' distributions: {', '.join(COMBINE_METHODS)}", "arithmetic")
+    baseline: str = _help("checkpoint of a net trained on hard labels to check the teacher against before distilling "
+                          "(on the validation split with --val-size, else the test split; '': no check)", "")
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE_METHODS:
@@ -173,6 +175,11 @@ class RunConfig:
     data: str = _help("'digits' (embedded), an MNIST directory, or a .npz file", "digits")
     out: str = _help("output directory (checkpoint, summary, plots)", "runs/model")
     cache_dir: str = _help("directory for cached teacher logits ('' to keep them in memory only)", ".cache/darkknowledge")
+    val_size: int = _help("training images carved off (seeded) as a validation split; models train on the rest "
+                          "(distill: give the teachers' own value; the teacher check then runs on it)", 0)
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "val_size")
 
 
 def _positive(cfg: Any, *names: str) -> None:

@@ -25,6 +25,7 @@ from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
 from darkknowledge.data import load_digits
 from darkknowledge.device import DEFAULT_DEVICE
+from darkknowledge.evaluation import teacher_check
 from darkknowledge.teachers import Teacher
 from darkknowledge.workflows import Result, distill, train, transfer_set
 
@@ -81,6 +82,9 @@ def run_demo(out: Path, seed: int = 0, device: str = DEFAULT_DEVICE, progress: b
         "student_errors": student.test["errors"],
         "distilled_errors": distilled.test["errors"],
         "test_size": data.y_test.numel(),
+        # The teacher trains on every training image, so the check uses the test split (reported only).
+        "teacher_check": teacher_check([teacher.test["errors"]], [student.test["errors"]], data.y_test.numel(), "test",
+                                       baseline="hard-label student"),
         "table": [{"model": r.name, "arch": cfg.arch, "train_images": r.transfer_size, "test_errors": r.test["errors"],
                    "test_size": r.test["test_size"], "accuracy_%": round(100 * r.test["accuracy"], 2),
                    "seconds": round(r.seconds, 1)} for r, cfg in zip(results, (teacher_cfg, student_cfg, student_cfg))],

@@ -37,6 +37,7 @@ class MemberTask:
     val_size: int = 0  # training images carved off for validation (``data.load_split``)
     limit: int = 0  # the first N training images of a seeded shuffle (0: all)
     progress: bool = False
+    record_split: bool = False  # write val_size into the checkpoint (what ``dk distill --val-size`` checks)
 
 
 def member_task(task: MemberTask) -> dict[str, Any]:
@@ -48,7 +49,8 @@ def member_task(task: MemberTask) -> dict[str, Any]:
     # Where the member runs, for whoever watches (or kills) it: rewritten by every attempt.
     atomic_write_json(out / "worker.json", {"pid": os.getpid(), "host": socket.gethostname()})
     data, _ = load_split(task.data, task.val_size, task.limit)
-    result = train(task.name, data, task.config, out=out, resume=True, progress=task.progress)
+    result = train(task.name, data, task.config, out=out, resume=True, progress=task.progress,
+                   meta={"val_size": task.val_size} if task.record_split else None)
     return {"name": task.name, "out": str(out), "seed": task.config.seed, "test_errors": result.test["errors"],
             "test_size": result.test["test_size"], "accuracy": result.test["accuracy"],
             "epochs": len(result.history), "seconds": round(result.seconds, 2),
@@ -57,13 +59,14 @@ def member_task(task: MemberTask) -> dict[str, Any]:
 
 
 def member_tasks(source: str, cfg: TrainConfig, members: int, out: str | Path, *, val_size: int = 0,
-                 limit: int = 0, progress: bool = False, first_seed: int | None = None) -> list[MemberTask]:
+                 limit: int = 0, progress: bool = False, first_seed: int | None = None,
+                 record_split: bool = False) -> list[MemberTask]:
     """One task per member: seeds ``first_seed`` (default ``cfg.seed``) onwards, into ``OUT/member{i}``."""
     if members < 1:
         raise DKError(f"members must be >= 1, got {members}")
     base = cfg.seed if first_seed is None else first_seed
     return [MemberTask(source, replace(cfg, seed=base + i), str(Path(out) / f"member{i}"), f"member{i}",
-                       val_size, limit, progress) for i in range(members)]
+                       val_size, limit, progress, record_split) for i in range(members)]
 
 
 def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, *, executor: str = "local",
@@ -73,7 +76,7 @@ def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, 
     """Train ``members`` members of ``cfg`` through ``executor``; ``OUT/ensemble.json`` is rewritten as each ends."""
     out = Path(out)
     tasks = member_tasks(source, cfg, members, out, val_size=val_size, limit=limit,
-                         progress=progress and executor == "local" and workers == 1)
+                         progress=progress and executor == "local" and workers == 1, record_split=val_size > 0)
     status: list[dict[str, Any]] = [{"name": t.name, "out": t.out, "seed": t.config.seed, "status": "pending"}
                                     for t in tasks]
 

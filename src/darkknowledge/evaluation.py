@@ -1,8 +1,8 @@
-"""Test-set metrics and the output-bias correction of paper section 3."""
+"""Test-set metrics, the output-bias correction of paper section 3, and the teacher sanity check."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -116,3 +116,29 @@ def fit_bias_offset(logits: torch.Tensor, y: torch.Tensor, classes: list[int] | 
     errors = (preds != y[None]).sum(-1)
     best = int(errors.argmin())
     return round(float(grid[best]), 4), int(errors[best])
+
+
+def teacher_check(teacher_errors: Sequence[float], baseline_errors: Sequence[float], size: int, split: str, *,
+                  teacher: str = "teacher", baseline: str = "hard-label baseline") -> dict:
+    """Is the teacher better than a net trained on hard labels? The sanity check every distillation needs.
+
+    ``teacher_errors[i]`` and ``baseline_errors[i]`` are paired counts (seed by seed, or the one teacher
+    beside each of several baselines) out of ``size`` examples of ``split`` (the validation split where the
+    teacher never trained on it, else the test split: reported, never used to choose anything). A teacher no
+    better than its baseline rarely teaches a student to beat hard labels; ``warning`` then says so plainly
+    (None when the teacher is better in every pair).
+    """
+    if len(teacher_errors) != len(baseline_errors) or not teacher_errors:
+        raise ValueError("teacher_check needs one baseline count per teacher count, and at least one pair")
+    worse = sum(t >= b for t, b in zip(teacher_errors, baseline_errors))
+    t_mean = sum(teacher_errors) / len(teacher_errors)
+    b_mean = sum(baseline_errors) / len(baseline_errors)
+    warning = None
+    if worse:
+        pairs = "" if len(teacher_errors) == 1 else f" in {worse} of {len(teacher_errors)} pairs"
+        warning = (f"the {teacher} ({t_mean:.6g} errors of {size} on the {split} split) is not better than the "
+                   f"{baseline} ({b_mean:.6g}){pairs}: distilling it is unlikely to beat training on hard labels; "
+                   "regularise the teacher more (jitter, dropout), train it longer, or make it bigger")
+    return {"teacher": teacher, "baseline": baseline, "split": split, "size": size,
+            "teacher_errors": list(teacher_errors), "baseline_errors": list(baseline_errors),
+            "teacher_better": worse == 0, "warning": warning}

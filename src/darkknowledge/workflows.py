@@ -18,8 +18,9 @@ from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig
 from darkknowledge.data import Dataset, balanced_fraction, drop_classes, drop_labels, keep_classes, split_validation
 from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
-from darkknowledge.evaluation import bias_vector, errors_from_logits, evaluate, fit_bias_offset, predict_logits
-from darkknowledge.teachers import Teacher, TeacherLike
+from darkknowledge.evaluation import (bias_vector, errors_from_logits, evaluate, fit_bias_offset, predict_logits,
+                                      teacher_check)
+from darkknowledge.teachers import Teacher, TeacherLike, output_size
 from darkknowledge.training import HardLabels, MatchLogits, Objective, SoftTargets, fit, new_model
 from darkknowledge.views import ViewBank
 
@@ -132,6 +133,17 @@ def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dc
             "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine,
             **(meta or {})}
     return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval, curve)
+
+
+def check_teacher(teacher: TeacherLike, baseline: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  split: str = "validation") -> dict[str, Any]:
+    """``evaluation.teacher_check`` of ``teacher`` against ``baseline`` (a net trained on hard labels) on
+    ``(x, y)``: a split neither learnt from (the validation split), or the test split, said so in ``split``."""
+    if output_size(baseline) != teacher.num_classes:
+        raise DKError(f"the baseline has {output_size(baseline)} outputs but the teacher {teacher.num_classes}")
+    t = int((teacher.soft_targets(x, 1.0).argmax(1) != y).sum())
+    b = int((predict_logits(baseline, x).argmax(1) != y).sum())
+    return teacher_check([t], [b], len(y), split)
 
 
 def distill_with_bias_fix(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dcfg: DistillConfig,

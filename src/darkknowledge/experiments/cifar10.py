@@ -35,7 +35,7 @@ from darkknowledge.device import resolve_device
 from darkknowledge.ensembles import MemberTask, evaluate_ensemble, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import TTA_LEVELS, errors_from_logits, predict_logits
-from darkknowledge.experiments.report import Experiment, relative_to, save_figure, seed_row, values_row
+from darkknowledge.experiments.report import Experiment, paired_check, relative_to, save_figure, seed_row, values_row
 from darkknowledge.experiments.runner import DONE, PENDING, Stage
 from darkknowledge.teachers import Teacher
 from darkknowledge.workflows import Result, distill, student_bank, train
@@ -241,6 +241,9 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         result = evaluate_ensemble(teacher, data.x_test, data.y_test, data.num_classes)
         tta = evaluate_ensemble(teacher, data.x_test, data.y_test, data.num_classes, tta=sc.tta)
         result.update({f"{k}_tta": v for k, v in tta.items() if k != "test_size"}, tta=sc.tta)
+        # The teacher check's numbers: the members never trained on the validation split.
+        val = evaluate_ensemble(teacher, x_val, y_val, data.num_classes)
+        result.update(val_members=val["members"], val_arithmetic=val["arithmetic"], val_size=val["test_size"])
         # The soft-target bank every student draws on, made as the students make it (``student_bank``):
         # paid here, once, and timed.
         t0 = time.perf_counter()
@@ -384,8 +387,17 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                         "bank_seconds_per_student_epoch": round(ens["bank_seconds"] / epochs, 3) if epochs else None,
                         "on_the_fly_seconds_per_student_epoch": ens["teacher_seconds_per_epoch_on_the_fly"],
                         "cache_hits": sum(r.get("cache_hits", 0) for r in students)}
+    checks = []
+    if ens:  # the ensemble (the students' teacher) against each of its members, trained on hard labels alone
+        on_val = "val_members" in ens  # runs from before the check measured the test split only
+        split, size = ("validation", ens["val_size"]) if on_val else ("test", ens["test_size"])
+        members_errors = ens["val_members"] if on_val else ens["members"]
+        checks.append(paired_check("ensemble", "hard-label single net", split,
+                                   [ens["val_arithmetic" if on_val else "arithmetic"]] * len(members_errors),
+                                   members_errors, size, "ensemble",
+                                   "" if on_val else "this run's ensemble stage predates the validation check"))
     return {"test_size": test_size, "rows": rows, "temperature_selection": selection, "teacher_cost": teacher_cost,
-            "ensemble": ens, "curves_3pct": curves}
+            "ensemble": ens, "curves_3pct": curves, "teacher_check": [c for c in checks if c]}
 
 
 def preface(results: dict[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ from darkknowledge.device import resolve_device
 from darkknowledge.ensembles import MemberTask, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import predict_logits
-from darkknowledge.experiments.report import Experiment, relative_to, values_row
+from darkknowledge.experiments.report import Experiment, paired_check, relative_to, values_row
 from darkknowledge.experiments.runner import DONE, FAILED, Stage
 from darkknowledge.workflows import distill, student_bank
 
@@ -321,7 +321,16 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
     if speed:
         rows.append(_row("combine_examples_per_second", "examples_per_second", None, speed, seeds,
                          note=f"specialists.combine on the test set, {sc.specialists} specialists, 100 classes"))
+    # The distilled-back student's teacher (the combination) against its hard-label baseline (the generalist),
+    # on the validation split neither trained on (top_n was chosen there too, which favours the combination a little).
+    combined = [done[f"combine/s{s}"] for s in range(seeds) if f"combine/s{s}" in done]
+    val_errors = lambda acc: round(sc.val_size * (1 - acc))  # noqa: E731
+    check = paired_check("generalist + specialists", "generalist", "validation",
+                         [val_errors(c["val_accuracy_by_top_n"][str(c["top_n"])]) for c in combined],
+                         [val_errors(c["val_generalist_accuracy"]) for c in combined], sc.val_size, "combined",
+                         "top_n is chosen on this validation split too, which favours the combination a little")
     return {"rows": rows, "table4": table4, "soft_targets_option": soft, "clusters": clusters,
+            "teacher_check": [check] if check else [],
             "combine": {s: {k: done[s][k] for k in ("combine_examples_per_second", "combine_iterations",
                                                      "active_per_example", "inference_seconds", "specialists",
                                                      "top_n") if k in done[s]}

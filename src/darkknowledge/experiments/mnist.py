@@ -24,7 +24,7 @@ from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, pac
 from darkknowledge.data import Dataset, load_mnist
 from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
-from darkknowledge.experiments.report import Experiment, fmt_measured, relative_to, save_figure, seed_row
+from darkknowledge.experiments.report import Experiment, fmt_measured, paired_check, relative_to, save_figure, seed_row
 from darkknowledge.experiments.runner import DONE, Stage
 from darkknowledge.models import build_model
 from darkknowledge.teachers import Teacher
@@ -249,8 +249,14 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
              for s in by_kind.get("sweep", []) if s.name in done]
     matching = [{k: done[s.name][k] for k in ("method", "temperature", "test_errors")}
                 for s in by_kind.get("match_logits", []) + by_kind.get("match_soft", []) if s.name in done]
+    pairs = [(done[f"teacher/s{s}"], done[f"student/s{s}"]) for s in range(seeds)
+             if f"teacher/s{s}" in done and f"student/s{s}" in done]
+    check = paired_check("teacher", "hard-label student", "test", [t["test_errors"] for t, _ in pairs],
+                         [b["test_errors"] for _, b in pairs], pairs[0][0]["test_size"] if pairs else 0, "teacher",
+                         "the teacher trains on all the training images, as in the paper, so no split is held out "
+                         "of it: compared on the test split, seed by seed (reported, not used to choose anything)")
     return {"rows": rows, "beyond_paper_rows": beyond, "bias_offsets": offsets, "sweep": sweep,
-            "logit_matching": matching, "per_class_errors": per_class}
+            "logit_matching": matching, "per_class_errors": per_class, "teacher_check": [check] if check else []}
 
 
 def markdown(results: dict[str, Any]) -> list[str]:

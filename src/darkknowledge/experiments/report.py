@@ -7,7 +7,9 @@ stages and paper numbers.
 The results contract (``results.json``): ``hardware``, ``commit``, ``scale``, ``seeds``, ``rows`` of
 ``{experiment, metric, paper, mean, std, seeds, values, seconds, status}`` where ``status`` is
 ``done`` (every seed measured), ``partial`` (some seeds so far), ``failed`` (a seed's stage failed:
-``errors`` says why) or ``pending``, and ``stages``: every stage's status, seconds and error.
+``errors`` says why) or ``pending`` (a row whose teacher failed its check carries ``warning``),
+``teacher_check``: is each teacher better than its hard-label baseline (``evaluation.teacher_check``,
+with the results ``row`` it concerns), and ``stages``: every stage's status, seconds and error.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
 from darkknowledge.device import DEFAULT_DEVICE, resolve_device, resolve_precision
 from darkknowledge.errors import DKError
+from darkknowledge.evaluation import teacher_check
 from darkknowledge.executors import open_executor
 from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages
 
@@ -91,6 +94,39 @@ def seed_row(experiment: str, metric: str, paper: float | None, stages: list[Sta
     seconds = statistics.fmean(r["seconds"] for r in done) if done else None
     return values_row(experiment, metric, paper, [value(r["result"]) for r in done], len(stages), seconds=seconds,
                       note=note, failed=failed, digits=digits)
+
+
+def paired_check(teacher: str, baseline: str, split: str, teacher_errors: list[float], baseline_errors: list[float],
+                 size: int, row: str, note: str = "") -> dict[str, Any] | None:
+    """``evaluation.teacher_check`` of the pairs measured so far (None: none yet); ``row`` is the results row it
+    concerns, ``note`` why this split."""
+    if not teacher_errors:
+        return None
+    check = teacher_check(teacher_errors, baseline_errors, size, split, teacher=teacher, baseline=baseline)
+    return {**check, "row": row, **({"note": note} if note else {})}
+
+
+def note_checks(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    """Put each failed teacher check's verdict on its row (``warning``; ``results.md`` shows it beside the number)."""
+    by_name = {r["experiment"]: r for r in rows}
+    for c in checks:
+        if c["warning"] and c["row"] in by_name:
+            by_name[c["row"]]["warning"] = f"not better than the {c['baseline']} on the {c['split']} split"
+
+
+def checks_markdown(checks: list[dict[str, Any]]) -> list[str]:
+    """The teacher checks as a table, with every warning spelt out below it."""
+    if not checks:
+        return []
+    lines = ["", "Teacher check: is the teacher better than a net trained on hard labels?", "",
+             "| teacher | baseline | split | teacher errors | baseline errors | better |", "|---|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['teacher']} | {c['baseline']} | {c['split']} ({c['size']} images) | "
+                     f"{', '.join(f'{v:g}' for v in c['teacher_errors'])} | "
+                     f"{', '.join(f'{v:g}' for v in c['baseline_errors'])} | {'yes' if c['teacher_better'] else 'NO'} |")
+    lines += [f"- {c['note']}" for c in checks if c.get("note")]
+    lines += [f"- **Warning**: {c['warning']}." for c in checks if c["warning"]]
+    return lines
 
 
 def stage_table(stages: list[Stage], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -248,7 +284,8 @@ def rows_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         per_seed = ", ".join(f"{v:.4g}" for v in r["values"])
         paper = "" if r["paper"] is None else r["paper"]
-        lines.append(f"| {r['experiment']} | {r['metric']} | {paper} | {fmt_measured(r)} | {per_seed} | "
+        measured = fmt_measured(r) + (f" (**{r['warning']}**)" if r.get("warning") else "")
+        lines.append(f"| {r['experiment']} | {r['metric']} | {paper} | {measured} | {per_seed} | "
                      f"{r['seconds'] if r['seconds'] is not None else ''} |")
     return lines
 
@@ -260,7 +297,7 @@ def markdown(exp: Experiment, results: dict[str, Any]) -> str:
              f"commit {results['commit'][:12]}; {results['stages_done']}/{results['stages_total']} stages done, "
              f"{results['total_seconds']:.0f} s of stages, {results['wall_seconds']:.0f} s wall.", ""]
     lines += exp.preface(results)
-    lines += rows_table(results["rows"]) + exp.markdown(results)
+    lines += rows_table(results["rows"]) + checks_markdown(results.get("teacher_check", [])) + exp.markdown(results)
     failed = [s for s in results["stages"] if s["status"] == FAILED]
     if failed:
         lines += ["", "Failed stages:", ""] + [f"- `{s['stage']}`: {s['error']}" for s in failed]
@@ -294,6 +331,11 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
         stages = exp.stages(sc, seeds, ctx)
         t0 = time.perf_counter()
 
+        def summary(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            part = exp.summarise(stages, records, sc, seeds)
+            note_checks(part["rows"], part.get("teacher_check", []))
+            return part
+
         def results(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
             stage_rows = stage_table(stages, records)
             return {"experiment": exp.name, "hardware": hardware(dev), "commit": git_commit(), "scale": scale,
@@ -302,7 +344,7 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
                     "wall_seconds": round(time.perf_counter() - t0, 1),
                     "total_seconds": round(sum(r["seconds"] for r in stage_rows), 1),
                     "stages_done": sum(r["status"] == DONE for r in stage_rows), "stages_total": len(stage_rows),
-                    **exp.summarise(stages, records, sc, seeds), "stages": stage_rows,
+                    **summary(records), "stages": stage_rows,
                     "configs": {k: dataclasses.asdict(v) for k, v in exp.configs(sc).items()},
                     "workers": workers, "executor": executor}
 
