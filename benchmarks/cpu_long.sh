@@ -4,7 +4,7 @@
 #
 #   nohup benchmarks/cpu_long.sh [OUT] > runs/cpu-long.log 2>&1 &
 #
-# Steps (STEPS="..." runs a subset, in this order):
+# Steps (STEPS="..." runs a subset, in this order; TAGS="..." limits the distill step to those tuning tags):
 #   cifar10     dk reproduce cifar10 --scale full                           (~3 h on 2 cores)
 #   distill     cifar10_tuning.py on the full run's split, members and cached bank: distillation settings
 #               (hard weight 0, T 2, mixed views, a 40-epoch student beside a 40-epoch member; section 6
@@ -48,16 +48,18 @@ for step in $STEPS; do
                 shift 2
                 [ "${1:-}" = --mixup ] && { extra=(--mixup "$2"); shift 2; }
                 grep -q "\"tag\": \"$tag\"" "$RESULTS/cifar10-tuning.jsonl" 2>/dev/null && return 0
+                [ -n "${TAGS:-}" ] && [[ " $TAGS " != *" $tag "* ]] && return 0
                 timed "tuning $tag" "$PY" benchmarks/cifar10_tuning.py --data-dir "$DATA" --scale full --role "$role" \
                     --members "$OUT/cifar10-full/members" --cache "$OUT/cifar10-full/cache" --tag "$tag" ${extra[@]+"${extra[@]}"} --set "$@"
             }
             # base: the full run's distilled stage (T 1 chosen there, hard weight 0.5) with its cached bank
             tune distilled full-dist-base temperature=1
+            # patience first: a 40-epoch student beside a 40-epoch member (the baseline at the same budget)
+            tune member full-member-e40 epochs=40 warmup_epochs=8
+            tune distilled full-dist-e40 temperature=1 epochs=40 warmup_epochs=8
             tune distilled full-dist-hard0 temperature=1 hard_weight=0 soft_weight=1
             tune distilled full-dist-T2 temperature=2
             tune distilled full-dist-mixup --mixup 0.5 temperature=1 hard_weight=0 soft_weight=1
-            tune member full-member-e40 epochs=40 warmup_epochs=8
-            tune distilled full-dist-e40 temperature=1 epochs=40 warmup_epochs=8
             # section 6 on 3% (the full run used T 1, chosen for section 4)
             tune hard_small full-hard3-base epochs=100
             for t in 1 5 10; do tune soft_small "full-soft3-T$t" "temperature=$t"; done ;;
