@@ -8,7 +8,8 @@
 #   cifar10     dk reproduce cifar10 --scale full                           (~3 h on 2 cores)
 #   distill     cifar10_tuning.py on the full run's split, members and cached bank: distillation settings
 #               (hard weight 0, T 2, mixed views, a 40-epoch student beside a 40-epoch member; section 6
-#               at T 1, 5, 10) (~3 h)
+#               at T 1, 5, 10, hard weight 0, mixed views, a 128-view bank) (~3.5 h)
+#   ls0         one member without label smoothing (saved as a teacher), then section 6 from it (~35 min)
 #   cifar100    dk reproduce cifar100 --scale full                          (~2.5-3 h)
 #   variants    time_to_accuracy.py: base, fp32, lookahead, alternating flips; 10 epochs, 3 seeds (~2 h)
 #   doubling    time_to_accuracy.py: airnet and resnet-s-w8 at 5, 10, 20, 40 epochs (~2 h)
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DK_DATA:-$PWD/.cache/data}"
-STEPS="${STEPS:-cifar10 distill cifar100 variants doubling quick generality peer}"
+STEPS="${STEPS:-cifar10 distill ls0 cifar100 variants doubling quick generality peer}"
 RESULTS=benchmarks/results
 mkdir -p "$OUT"
 if [ ! -d "$DATA/cifar-100-python" ]; then
@@ -50,7 +51,8 @@ for step in $STEPS; do
                 grep -q "\"tag\": \"$tag\"" "$RESULTS/cifar10-tuning.jsonl" 2>/dev/null && return 0
                 [ -n "${TAGS:-}" ] && [[ " $TAGS " != *" $tag "* ]] && return 0
                 timed "tuning $tag" "$PY" benchmarks/cifar10_tuning.py --data-dir "$DATA" --scale full --role "$role" \
-                    --members "$OUT/cifar10-full/members" --cache "$OUT/cifar10-full/cache" --tag "$tag" ${extra[@]+"${extra[@]}"} --set "$@"
+                    --members "$OUT/cifar10-full/members" --cache "$OUT/cifar10-full/cache" --tag "$tag" \
+                    --views "${VIEWS:-0}" ${extra[@]+"${extra[@]}"} --set "$@"
             }
             # base: the full run's distilled stage (T 1 chosen there, hard weight 0.5) with its cached bank
             tune distilled full-dist-base temperature=1
@@ -60,9 +62,30 @@ for step in $STEPS; do
             tune distilled full-dist-hard0 temperature=1 hard_weight=0 soft_weight=1
             tune distilled full-dist-T2 temperature=2
             tune distilled full-dist-mixup --mixup 0.5 temperature=1 hard_weight=0 soft_weight=1
-            # section 6 on 3% (the full run used T 1, chosen for section 4)
+            # section 6 on 3% (the full run used T 1, chosen for section 4; its teacher is member0)
             tune hard_small full-hard3-base epochs=100
-            for t in 1 5 10; do tune soft_small "full-soft3-T$t" "temperature=$t"; done ;;
+            for t in 1 5 10; do tune soft_small "full-soft3-T$t" "temperature=$t"; done
+            tune soft_small full-soft3-T5-h0 temperature=5 hard_weight=0 soft_weight=1
+            tune soft_small full-soft3-T5-mix1 --mixup 1.0 temperature=5 hard_weight=0 soft_weight=1
+            tune soft_small full-soft3-T1-mix1 --mixup 1.0 temperature=1 hard_weight=0 soft_weight=1
+            VIEWS=128 tune soft_small full-soft3-T5-mix1-v128 --mixup 1.0 temperature=5 hard_weight=0 soft_weight=1 ;;
+        ls0)
+            # Is label smoothing in the members' recipe what leaves little dark knowledge? One member without
+            # it (saved as a teacher), then section 6 from it beside the runs above (Müller et al. 2019).
+            grep -q '"tag": "full-member-ls0"' "$RESULTS/cifar10-tuning.jsonl" || timed "tuning full-member-ls0" "$PY" benchmarks/cifar10_tuning.py \
+                --data-dir "$DATA" --scale full --role member --tag full-member-ls0 --save "$OUT/ls0/member0" \
+                --set label_smoothing=0
+            for args in "full-soft3-ls0-T1 temperature=1" "full-soft3-ls0-T5 temperature=5" \
+                        "full-soft3-ls0-T5-mix1 --mixup 1.0 temperature=5 hard_weight=0 soft_weight=1"; do
+                set -- $args
+                tag=$1; shift
+                grep -q "\"tag\": \"$tag\"" "$RESULTS/cifar10-tuning.jsonl" 2>/dev/null && continue
+                extra=()
+                [ "${1:-}" = --mixup ] && { extra=(--mixup "$2"); shift 2; }
+                timed "tuning $tag" "$PY" benchmarks/cifar10_tuning.py --data-dir "$DATA" --scale full \
+                    --role soft_small --members "$OUT/ls0" --cache "$OUT/ls0/cache" --tag "$tag" \
+                    ${extra[@]+"${extra[@]}"} --set "$@"
+            done ;;
         variants)
             timed variants "$PY" benchmarks/time_to_accuracy.py --data-dir "$DATA" --archs airnet-32-128-128 \
                 --epochs 10 --seeds 3 --variants base precision=fp32 lookahead=true alternate_flips=true \
@@ -89,7 +112,7 @@ for step in $STEPS; do
             timed peer benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir "$DATA" \
                 "${members[@]}" --device cpu ;;
         *)
-            echo "unknown step $step; steps: cifar10 distill cifar100 variants doubling quick generality peer" >&2
+            echo "unknown step $step; steps: cifar10 distill ls0 cifar100 variants doubling quick generality peer" >&2
             exit 2 ;;
     esac
 done
