@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=0, help="0: all 50,000 training images")
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--tta", type=int, default=2)
+    ap.add_argument("--test-limit", type=int, default=0,
+                    help="score on a seeded sample of this many test images (smoke runs; 0: all 10,000)")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/time-to-accuracy-DEV.json)")
     ap.add_argument("--variants", nargs="+", default=["base"],
                     help="base (the recipe) and/or key=value[,key=value] settings over it, each run beside the "
@@ -124,6 +126,9 @@ def main() -> None:
     except DKError as e:
         raise SystemExit(f"error: {e}") from None
     data, (x_val, y_val) = load_split(f"cifar10:{args.data_dir}", args.val_size, args.train_limit)
+    if args.test_limit:
+        keep = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(1))[:args.test_limit].sort().values
+        data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep])
     idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(0))[:CURVE].sort().values
     curve = (data.x_test[idx], data.y_test[idx])
 

@@ -107,13 +107,13 @@ def test_combine_speed_benchmark(tmp_path):
 def test_time_to_accuracy_benchmark_side_by_side_and_resumable(cifar_dir, tmp_path):
     out = tmp_path / "t2a.json"
     args = ("--data-dir", cifar_dir, "--archs", "airnet-8-16-16", "resnet-s-w4", "--epochs", "1", "2",
-            "--train-limit", "600", "--val-size", "100", "--out", out)
+            "--train-limit", "600", "--val-size", "100", "--out", out, "--test-limit", "500")
     r = run("time_to_accuracy.py", *args)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert {(row["arch"], row["epochs"]) for row in res["runs"]} == {
         ("airnet-8-16-16", 1), ("airnet-8-16-16", 2), ("resnet-s-w4", 1), ("resnet-s-w4", 2)}
-    assert res["conv_gflops"]["fp32"] > 0 and res["cpu"]["flags"] and res["train_size"] == 500
+    assert res["conv_gflops"]["fp32"] > 0 and res["cpu"]["flags"] and res["train_size"] == res["test_size"] == 500
     assert all(len(row["curve"]) == row["epochs"] and 0 <= row["test_accuracy_tta"] <= 1 for row in res["runs"])
     assert set(res["convergence"]["airnet-8-16-16"]["gains"]) == {"1->2"}
     again = run("time_to_accuracy.py", *args, "--resume")  # every run is there already: nothing trains
