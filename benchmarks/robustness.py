@@ -1,127 +1,121 @@
-"""Do the default MNIST recipes train stably on data they were not tuned on? Gradient clipping on vs off.
+"""Do the MNIST reproduction's defaults hold on 28x28 data they were never tuned on? The standing check.
 
-    python benchmarks/robustness.py --mnist DIR [--variants mnist inverted rotated remapped] [--seeds 3] \\
-        [--teacher-epochs 5] [--student-epochs 8]
+    python benchmarks/robustness.py --mnist DIR --cifar DIR [--sets mnist inverted rotated remapped \\
+        cifar10-grey cifar100-grey] [--scale quick] [--seeds 3] [--work runs/robustness] [--resume]
 
-For every variant (see benchmarks/variants.py) and seed: a teacher from the packaged teacher recipe
-(shortened to ``--teacher-epochs``: a less confident teacher than the paper's), then the packaged
-distilled-student recipe as shipped (gradient-norm clipping on) and the same recipe with clipping off,
-and the hard-label student for reference. Each is trained on the training set minus a 5,000-image
-validation split and reports validation and test errors, whether it diverged, the largest single-batch
-loss per epoch, and gradient-norm statistics before clipping (the "off" runs record norms with a
-threshold no step reaches). A *spike* is an epoch after the first whose largest batch loss exceeds 5x its
-mean loss and the first epoch's mean loss (late epochs of a converged net have a tiny mean, so a
-batch at 5x of it is no spike). Results are rewritten after every run to benchmarks/results/robustness-<device>.json.
+For every data set (MNIST itself, the variants of ``benchmarks/variants.py``: three built from MNIST and
+two from CIFAR images in grey at 28x28), ``dk reproduce mnist --scale S`` runs end to end in its own
+directory under ``--work`` (resumable: ``--resume`` continues each where it stopped), exactly as a user
+would run it on their own data. Per data set and seed it reports the teacher's, the hard-label student's
+and the distilled student's test errors, whether the paper's ordering held (teacher < student and
+distilled < student), the reproduction's own teacher check, and the wall time. Results are rewritten
+after every data set to benchmarks/results/robustness-<device>-<scale>.json, and end in a short table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment  # noqa: E402
-from variants import VARIANTS, build  # noqa: E402
+from variants import CIFAR_VARIANTS, MNIST_VARIANTS, build, write_idx  # noqa: E402
 
-from darkknowledge.data import Dataset, from_arrays, load_mnist, split_validation  # noqa: E402
-from darkknowledge.errors import DKError  # noqa: E402
-from darkknowledge.evaluation import evaluate  # noqa: E402
-from darkknowledge.experiments.mnist import DISTILL, DISTILLED, STUDENT, TEACHER  # noqa: E402
-from darkknowledge.teachers import Teacher  # noqa: E402
-from darkknowledge.training import HardLabels, SoftTargets, fit, new_model  # noqa: E402
+from darkknowledge.experiments.report import MANIFEST  # noqa: E402
 
-RECORD_ONLY = 1e9  # a clip threshold no step reaches: gradient norms are recorded, nothing is clipped
-SPIKE = 5.0
+SETS = ("mnist", *MNIST_VARIANTS, *CIFAR_VARIANTS)
 
 
-def dataset(name: str, mnist_dir: str) -> Dataset:
+def data_dir(name: str, args: argparse.Namespace, work: Path) -> Path:
+    """Where the data set's IDX files are: MNIST's own directory, or the variant built once under ``work``."""
     if name == "mnist":
-        return load_mnist(mnist_dir)
-    a = build(name, mnist_dir)
-    return from_arrays(name, a["x_train"], a["y_train"], a["x_test"], a["y_test"], scale=255.0)
+        return Path(args.mnist)
+    out = work / "data" / name
+    if not (out / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file():
+        write_idx(out, build(name, args.mnist, args.cifar))
+    return out
 
 
-def run(model_cfg, objective, x, xv, yv, data, desc: str, progress: bool):
-    model = new_model(model_cfg, data.in_features, data.num_classes)
-    t0 = time.perf_counter()
-    try:
-        hist = fit(model, x, objective, model_cfg, x_test=xv, y_test=yv, desc=desc, progress=progress)
-    except DKError as e:
-        return None, {"diverged": True, "error": str(e), "seconds": round(time.perf_counter() - t0, 1)}
-    test = evaluate(model, data.x_test, data.y_test, data.num_classes)["errors"]
-    spikes = [h["epoch"] for h in hist[1:] if h["loss_max"] > max(SPIKE * h["loss"], hist[0]["loss"])]
-    return model, {"diverged": False, "val_errors": hist[-1]["test_errors"], "test_errors": test,
-                   "spike_epochs": spikes, "loss": [round(h["loss"], 4) for h in hist],
-                   "loss_max": [round(h["loss_max"], 4) for h in hist],
-                   "grad_norm_max": max(h.get("grad_norm_max", 0.0) for h in hist),
-                   "grad_norm_mean_epoch1": hist[0].get("grad_norm_mean"),
-                   "clipped_steps": sum(h.get("clipped_steps", 0) for h in hist),
-                   "seconds": round(time.perf_counter() - t0, 1)}
+def seed_results(run_dir: Path, seeds: int) -> list[dict]:
+    """Teacher, student and distilled test errors per seed from the reproduction's stage records."""
+    rows = []
+    for s in range(seeds):
+        rec = {}
+        for kind in ("teacher", "student", "distilled"):
+            path = run_dir / "stages" / f"{kind}__s{s}.json"
+            stage = json.loads(path.read_text()) if path.is_file() else {"status": "pending"}
+            rec[kind] = stage["result"]["test_errors"] if stage["status"] == "done" else None
+        if None not in rec.values():
+            rec["teacher_beats_student"] = rec["teacher"] < rec["student"]
+            rec["distilled_beats_student"] = rec["distilled"] < rec["student"]
+        rows.append({"seed": s, **rec})
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mnist", required=True)
-    ap.add_argument("--variants", nargs="+", default=["mnist", *VARIANTS], choices=["mnist", *VARIANTS])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--teacher-epochs", type=int, default=5)
-    ap.add_argument("--student-epochs", type=int, default=8)
+    ap.add_argument("--mnist", required=True, help="MNIST directory (IDX files)")
+    ap.add_argument("--cifar", help="directory with the CIFAR-10/100 pickles (the CIFAR-derived sets)")
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    ap.add_argument("--scale", default="quick", choices=("quick", "smoke", "full"))
+    ap.add_argument("--seeds", type=int, default=0, help="seeds per data set (0: the scale's default)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--train-limit", type=int, default=0, help="use the first N training images (0: all 60,000)")
-    ap.add_argument("--val-size", type=int, default=5000, help="validation images carved from the training set")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--work", default="runs/robustness", help="variants' data and the reproductions go here")
+    ap.add_argument("--resume", action="store_true", help="continue every reproduction where it stopped")
+    ap.add_argument("--overwrite", action="store_true", help="discard reproductions already under --work")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    out = Path(args.out or RESULTS / f"robustness-{args.device}.json")
-    progress = not args.no_progress
-    result = {"benchmark": "robustness", "spike_rule": f"epoch >= 2 with max batch loss > {SPIKE}x its mean loss and > epoch 1's mean loss",
-              "seeds": list(range(args.seeds)), "teacher_epochs": args.teacher_epochs,
-              "student_epochs": args.student_epochs, "recipes": {"teacher": asdict(TEACHER), "student": asdict(STUDENT),
-                                                                 "distilled": asdict(DISTILLED),
-                                                                 "distill": asdict(DISTILL)},
-              **environment(torch.device(args.device)), "runs": []}
-    jobs = [(v, s) for v in args.variants for s in range(args.seeds)]
-    bar = tqdm(jobs, desc="robustness", unit="variant-seed", disable=not progress)
-    for variant, seed in bar:
-        data = dataset(variant, args.mnist)
-        if args.train_limit:
-            data = replace(data, x_train=data.x_train[:args.train_limit], y_train=data.y_train[:args.train_limit])
-        x, y, xv, yv = split_validation(data.x_train, data.y_train, args.val_size, seed=0)
-        common = dict(seed=seed, device=args.device, batch_size=256)
-        t_cfg = replace(TEACHER, epochs=args.teacher_epochs, eval_every=args.teacher_epochs,
-                        grad_clip=TEACHER.grad_clip or RECORD_ONLY, **common)
-        teacher_model, t_rec = run(t_cfg, HardLabels(y), x, xv, yv, data, f"{variant} s{seed} teacher", progress)
-        row = {"variant": variant, "seed": seed, "teacher": t_rec}
-        if teacher_model is not None:
-            soft = Teacher([teacher_model]).soft_targets(x, DISTILL.temperature)
-            s_cfg = dict(epochs=args.student_epochs, eval_every=args.student_epochs, **common)
-            for name, cfg, obj in (
-                    ("student", replace(STUDENT, **s_cfg), HardLabels(y)),
-                    ("distilled_default", replace(DISTILLED, **s_cfg), SoftTargets(soft, y, DISTILL)),
-                    ("distilled_no_clip", replace(DISTILLED, grad_clip=RECORD_ONLY, **s_cfg),
-                     SoftTargets(soft, y, DISTILL))):
-                row[name] = run(cfg, obj, x, xv, yv, data, f"{variant} s{seed} {name}", progress)[1]
-        result["runs"].append(row)
+    if any(s in CIFAR_VARIANTS for s in args.sets) and not args.cifar:
+        ap.error(f"the sets {', '.join(s for s in args.sets if s in CIFAR_VARIANTS)} need --cifar")
+    work = Path(args.work)
+    out = Path(args.out or RESULTS / f"robustness-{args.device}-{args.scale}.json")
+    payload = {"benchmark": "robustness", "scale": args.scale, "command": "dk reproduce mnist",
+               "ordering": "teacher < hard-label student and distilled < hard-label student, test errors, per seed",
+               **environment(torch.device(args.device)), "sets": []}
+
+    def save() -> None:
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(out)
-    bar.close()
-    print(f"{'variant':<9} {'seed':>4} {'teacher':>7} {'student':>7} {'dist.':>7} {'no-clip':>7}  spikes(dist/no-clip)")
-    for r in result["runs"]:
-        def e(k):
-            v = r.get(k)
-            return "-" if v is None else ("div" if v["diverged"] else str(v["test_errors"]))
-        sp = [len(r[k]["spike_epochs"]) if k in r and not r[k]["diverged"] else "-"
-              for k in ("distilled_default", "distilled_no_clip")]
-        print(f"{r['variant']:<9} {r['seed']:>4} {e('teacher'):>7} {e('student'):>7} {e('distilled_default'):>7} "
-              f"{e('distilled_no_clip'):>7}  {sp[0]}/{sp[1]}")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(out)  # atomic: a cut-off run never leaves half a file
+
+    for name in args.sets:
+        run_dir = work / name
+        cmd = [sys.executable, "-m", "darkknowledge", "reproduce", "mnist", "--scale", args.scale, "--device",
+               args.device, "--data-dir", str(data_dir(name, args, work)), "--out", str(run_dir), "--no-progress",
+               *(["--seeds", str(args.seeds)] if args.seeds else []),
+               *(["--resume"] if args.resume and (run_dir / MANIFEST).exists() else []),
+               *(["--overwrite"] if args.overwrite else [])]
+        print(f"{name}: {' '.join(cmd[2:])}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode not in (0, 1):  # 1: some stages failed (recorded); anything else: it never ran
+            raise SystemExit(f"error: reproduce on {name} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        results = json.loads((run_dir / "results.json").read_text())
+        seeds = seed_results(run_dir, len(results["seeds"]))
+        measured = [r for r in seeds if "teacher_beats_student" in r]
+        row = {"set": name, "data_dir": str(data_dir(name, args, work)), "run_dir": str(run_dir),
+               "wall_seconds": round(wall, 1), "stage_seconds": results["total_seconds"], "seeds": seeds,
+               "ordering_held_on_every_seed": bool(measured) and len(measured) == len(seeds) and all(
+                   r["teacher_beats_student"] and r["distilled_beats_student"] for r in measured),
+               "teacher_check": results.get("teacher_check", []),
+               "warnings": [line for line in proc.stderr.splitlines() if line.startswith("warning:")]}
+        payload["sets"] = [s for s in payload["sets"] if s["set"] != name] + [row]
+        save()
+        print(f"{name}: " + "; ".join(f"s{r['seed']} teacher {r['teacher']} student {r['student']} distilled "
+                                      f"{r['distilled']}" for r in seeds) + f" ({wall:.0f} s)", flush=True)
+    print(f"\n| data set | teacher | hard-label student | distilled | ordering held on every seed | wall s |")
+    print("|---|---|---|---|---|---|")
+    for row in payload["sets"]:
+        col = lambda k: ", ".join(str(r[k]) for r in row["seeds"])  # noqa: E731
+        print(f"| {row['set']} | {col('teacher')} | {col('student')} | {col('distilled')} | "
+              f"{'yes' if row['ordering_held_on_every_seed'] else 'NO'} | {row['wall_seconds']:.0f} |")
     print(f"wrote {out}")
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -63,9 +64,9 @@ def test_variants_are_canonical_idx_that_dk_reads(mnist_dir, tmp_path):
     assert not (rotated["x_train"][:100] == (plain.x_train[:100] * 255).round().numpy()).all()
 
 
-def test_robustness_benchmark(mnist_dir, tmp_path):
-    out = tmp_path / "rob.json"
-    r = run("robustness.py", "--mnist", mnist_dir, "--variants", "inverted", "--seeds", "1", "--teacher-epochs", "1",
+def test_clipping_benchmark(mnist_dir, tmp_path):
+    out = tmp_path / "clip.json"
+    r = run("clipping.py", "--mnist", mnist_dir, "--variants", "inverted", "--seeds", "1", "--teacher-epochs", "1",
             "--student-epochs", "1", "--train-limit", "1500", "--val-size", "300", "--no-progress", "--out", out)
     assert r.returncode == 0, r.stderr
     run_ = json.loads(out.read_text())["runs"][0]
@@ -73,6 +74,44 @@ def test_robustness_benchmark(mnist_dir, tmp_path):
     for k in ("teacher", "student", "distilled_default", "distilled_no_clip"):
         assert run_[k]["diverged"] or run_[k]["test_errors"] >= 0
     assert run_["distilled_no_clip"].get("clipped_steps", 0) == 0  # the "off" run records norms, clips nothing
+
+
+def test_cifar_derived_28x28_sets_are_idx_files_that_dk_reads(cifar_dir, tmp_path):
+    from variants import build, write_idx
+
+    from darkknowledge.data import load_cifar, load_mnist
+
+    a = build("cifar100-grey", cifar_dir=cifar_dir)
+    d = load_mnist(write_idx(tmp_path / "c100", a))
+    assert d.x_train.shape == (25000, 28, 28) and d.x_test.shape == (5000, 28, 28)
+    assert torch.bincount(d.y_train).tolist() == [2500] * 10 and torch.bincount(d.y_test).tolist() == [500] * 10
+    assert len(set(d.y_train[:1000].tolist())) == 10  # shuffled: a prefix (the smoke scale's) has every class
+    grey = build("cifar10-grey", cifar_dir=cifar_dir)
+    c10 = load_cifar(cifar_dir)
+    assert grey["x_test"].shape == (10000, 28, 28) and grey["x_test"].dtype == np.uint8
+    assert sorted(grey["y_test"].tolist()) == sorted(c10.y_test.tolist())
+    # Luma of the mean image, down-sized: close to the colour images' mean over channels.
+    assert abs(grey["x_test"].mean() - c10.x_test.float().mean().item()) < 3
+    with pytest.raises(ValueError, match="built from CIFAR"):
+        build("cifar10-grey", mnist_dir=tmp_path)
+
+
+def test_robustness_runs_the_reproduction_on_data_it_never_saw(mnist_dir, cifar_dir, tmp_path):
+    out, work = tmp_path / "rob.json", tmp_path / "work"
+    args = ("--mnist", mnist_dir, "--cifar", cifar_dir, "--sets", "cifar100-grey", "--scale", "smoke",
+            "--work", work, "--out", out)
+    r = run("robustness.py", *args)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(out.read_text())["sets"]
+    assert row["set"] == "cifar100-grey" and len(row["seeds"]) == 1 and "| cifar100-grey |" in r.stdout
+    s0 = row["seeds"][0]
+    assert s0["teacher_beats_student"] == (s0["teacher"] < s0["student"])
+    assert row["ordering_held_on_every_seed"] == (s0["teacher_beats_student"] and s0["distilled_beats_student"])
+    assert row["teacher_check"][0]["teacher_errors"] == [s0["teacher"]]
+    again = run("robustness.py", *args, "--resume")  # every stage is done: nothing trains again
+    assert again.returncode == 0 and json.loads(out.read_text())["sets"][0]["seeds"] == row["seeds"]
+    refused = run("robustness.py", *args)  # neither --resume nor --overwrite: the finished run is kept
+    assert refused.returncode != 0 and "--resume" in refused.stderr
 
 
 def test_speedup_benchmark(mnist_dir, tmp_path):
