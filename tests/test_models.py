@@ -4,7 +4,7 @@ import torch
 from darkknowledge import ARCHITECTURES, MLP, DKError, build_model
 from darkknowledge.models import apply_constraints
 
-MLPS = [a for a in ARCHITECTURES if a.startswith("mlp-")]  # the image nets: tests/test_cifar.py
+MLPS = [a for a in ARCHITECTURES if a.startswith("mlp-") and "{" not in a] + ["mlp-50x3-d10-30"]  # images: test_cifar
 
 
 @pytest.mark.parametrize("arch", sorted(MLPS))
@@ -14,7 +14,7 @@ def test_every_architecture_builds_and_runs(arch):
     assert out.shape == (5, 10)
     out.sum().backward()  # every parameter gets a gradient
     assert all(p.grad is not None for p in model.parameters())
-    assert ARCHITECTURES[arch].description
+    assert arch not in ARCHITECTURES or ARCHITECTURES[arch].description
 
 
 @pytest.mark.parametrize("arch", sorted(MLPS))
@@ -32,6 +32,19 @@ def test_teacher_is_the_papers_regularised_net():
     assert teacher.max_norm == 15.0
     student = build_model("mlp-800x2", 784, 10)
     assert not any(isinstance(m, torch.nn.Dropout) for m in student.modules()) and student.max_norm is None
+    same = build_model("mlp-1200x2-d20-50", 784, 10)  # the pattern spells the teacher out
+    assert str(same) == str(teacher) and same.max_norm == 15.0
+
+
+def test_the_mlp_pattern_sets_width_depth_and_dropout():
+    net = build_model("mlp-64x3-d5-25", 784, 10)
+    assert [m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)] == [64, 64, 64, 10]
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.05, 0.25, 0.25, 0.25]
+    plain = build_model("mlp-64x1-d0-0", 784, 10)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    for bad in ("mlp-64x3-d100-0", "mlp-0x2-d0-0", "mlp-64x2-d05-0"):
+        with pytest.raises(DKError, match="unknown architecture"):
+            build_model(bad, 784, 10)
 
 
 def test_max_norm_constraint_caps_each_units_incoming_weights():

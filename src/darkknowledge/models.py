@@ -339,6 +339,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mlp-800x2": ArchSpec(_mlp((800, 800)), "paper's MNIST student: 2x800 ReLU, no regularisation"),
     "mlp-300x2": ArchSpec(_mlp((300, 300)), "student for the T x width sweep: 2x300 ReLU"),
     "mlp-30x2": ArchSpec(_mlp((30, 30)), "tiny student for the T x width sweep: 2x30 ReLU"),
+    "mlp-{H}x{L}-d{I}-{D}": ArchSpec(_mlp((1200, 1200), **_TEACHER_REG), "any MLP: L hidden layers of H ReLU units, "
+                                     "input dropout I% and hidden dropout D% with max-norm 15 (mlp-1200x2-d20-50 is "
+                                     "the paper's teacher; -d0-0: no dropout)"),
     "resnet-s-w{W}": ArchSpec(_resnet_s(16), "small residual CNN for 32x32 colour images, stem width W "
                               "(e.g. resnet-s-w16: 0.14 M parameters; resnet-s-w32: 0.57 M)"),
     "airnet-{A}-{B}-{C}": ArchSpec(_airnet((64, 256, 256)), "fast CIFAR net after airbench: frozen patch whitening, "
@@ -347,7 +350,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "torchvision:{NAME}": ArchSpec(_torchvision("resnet18"), "any torchvision classification model by name, "
                                    "e.g. torchvision:resnet18 (needs torchvision)"),
 }
-_PATTERNS = ((re.compile(r"resnet-s-w([1-9]\d{0,3})"), lambda m: _resnet_s(int(m.group(1)))),
+_PATTERNS = ((re.compile(r"mlp-([1-9]\d{0,4})x([1-9])-d(\d|[1-9]\d)-(\d|[1-9]\d)"),
+              lambda m: _mlp((int(m.group(1)),) * int(m.group(2)), input_dropout=int(m.group(3)) / 100,
+                             hidden_dropout=int(m.group(4)) / 100, max_norm=_TEACHER_REG["max_norm"])),
+             (re.compile(r"resnet-s-w([1-9]\d{0,3})"), lambda m: _resnet_s(int(m.group(1)))),
              (re.compile(r"airnet-([1-9]\d{0,3})-([1-9]\d{0,3})-([1-9]\d{0,3})"),
               lambda m: _airnet((int(m.group(1)), int(m.group(2)), int(m.group(3))))),
              (re.compile(r"torchvision:([A-Za-z0-9_.]+)"), lambda m: _torchvision(m.group(1))))
