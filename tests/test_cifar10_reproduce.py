@@ -76,3 +76,20 @@ def test_the_per_epoch_test_sample_spans_every_class_of_a_class_ordered_split():
     counts = torch.bincount(y_sample, minlength=10)
     assert len(y_sample) == CURVE and torch.equal(y[x], y_sample)
     assert counts.min() > 0.7 * CURVE / 10 and counts.max() < 1.3 * CURVE / 10
+
+
+def test_the_teacher_check_of_a_run_from_before_it_uses_the_test_split(smoke):
+    from darkknowledge.experiments import cifar10
+    from darkknowledge.experiments.runner import read_records
+
+    _, out = smoke
+    sc = cifar10.SCALES["smoke"]
+    stages = cifar10.build_stages(sc, 1, {"scale": sc})
+    records = read_records(out, stages)
+    old = records["ensemble"]["result"]
+    for key in ("val_members", "val_arithmetic", "val_size"):  # what an ensemble stage recorded before the check
+        old.pop(key)
+    (check,) = cifar10.summarise(stages, records, sc, 1)["teacher_check"]
+    members = [records[f"member/m{i}"]["result"]["test_errors"] for i in range(sc.members)]
+    assert check["split"] == "test" and check["baseline_errors"] == members
+    assert check["teacher_errors"] == [old["arithmetic"]] * sc.members and "predates" in check["note"]

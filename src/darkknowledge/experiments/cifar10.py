@@ -389,13 +389,14 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                         "cache_hits": sum(r.get("cache_hits", 0) for r in students)}
     checks = []
     if ens:  # the ensemble (the students' teacher) against each of its members, trained on hard labels alone
-        on_val = "val_members" in ens  # runs from before the check measured the test split only
-        split, size = ("validation", ens["val_size"]) if on_val else ("test", ens["test_size"])
-        members_errors = ens["val_members"] if on_val else ens["members"]
-        checks.append(paired_check("ensemble", "hard-label single net", split,
-                                   [ens["val_arithmetic" if on_val else "arithmetic"]] * len(members_errors),
-                                   members_errors, size, "ensemble",
-                                   "" if on_val else "this run's ensemble stage predates the validation check"))
+        if "val_members" in ens:
+            split, size, teacher_errors, member_errors = "validation", ens["val_size"], ens["val_arithmetic"], ens["val_members"]
+        else:  # a run from before the check: its stages measured the test split only
+            split, size, teacher_errors = "test", ens["test_size"], ens["arithmetic"]
+            member_errors = [done[s.name]["test_errors"] for s in members if s.name in done]
+        checks.append(paired_check("ensemble", "hard-label single net", split, [teacher_errors] * len(member_errors),
+                                   member_errors, size, "ensemble",
+                                   "" if split == "validation" else "this run's ensemble stage predates the validation check"))
     return {"test_size": test_size, "rows": rows, "temperature_selection": selection, "teacher_cost": teacher_cost,
             "ensemble": ens, "curves_3pct": curves, "teacher_check": [c for c in checks if c]}
 
