@@ -93,7 +93,10 @@ def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
     r = run_dk(*SMOKE, "--data-dir", mnist_dir, "--out", out, "--resume", timeout=600)
     assert r.returncode == 0, r.stderr
     assert "resuming:" in r.stderr
-    assert numbers(json.loads((out / "results.json").read_text())) == numbers(reference[2])
+    res = json.loads((out / "results.json").read_text())
+    assert numbers(res) == numbers(reference[2])
+    first, resumed = res["invocations"]  # the killed run and its resume, each with the machine it ran on
+    assert first["hardware"] == resumed["hardware"] == res["hardware"] and first["started"] <= resumed["started"]
 
 
 def test_a_failing_stage_is_recorded_and_the_others_still_run(mnist_dir, tmp_path, monkeypatch, capsys):

@@ -9,7 +9,8 @@ The results contract (``results.json``): ``hardware``, ``commit``, ``scale``, ``
 ``done`` (every seed measured), ``partial`` (some seeds so far), ``failed`` (a seed's stage failed:
 ``errors`` says why) or ``pending`` (a row whose teacher failed its check carries ``warning``),
 ``teacher_check``: is each teacher better than its hard-label baseline (``evaluation.teacher_check``,
-with the results ``row`` it concerns), and ``stages``: every stage's status, seconds and error.
+with the results ``row`` it concerns), ``stages``: every stage's status, seconds and error, and
+``invocations``: every run and resume of the directory (start, commit, hardware).
 """
 
 from __future__ import annotations
@@ -322,9 +323,14 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
     with open_executor(executor, workers, address=address, cpus_per_task=None) as ex:
         settings = run_settings(exp, sc)
         prepare_out(out, exp.name, scale, resume, overwrite, settings, settings_defaults(exp, sc))
+        # Every invocation that worked on this directory, with its machine: a resumed run's header describes
+        # the machine that resumed it, so the stages an earlier one ran are traced here.
+        earlier = json.loads((out / MANIFEST).read_text()).get("invocations", []) if resume else []
+        invocations = earlier + [{"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
+                                  "hardware": hardware(dev), "workers": workers, "executor": executor}]
         atomic_write_json(out / MANIFEST, {"experiment": exp.name, "scale": scale, "seeds": seeds,
                                            "data_dir": str(data_dir), "device": str(dev), "commit": git_commit(),
-                                           "executor": executor, "settings": settings})
+                                           "executor": executor, "settings": settings, "invocations": invocations})
         # The scale itself travels with every stage (a frozen dataclass): a worker process needs no registry.
         ctx = {"data_dir": str(data_dir), "scale": sc, "device": str(dev), "out": str(out), "seeds": seeds,
                "progress": progress and workers == 1 and executor == "local"}
@@ -346,7 +352,7 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
                     "stages_done": sum(r["status"] == DONE for r in stage_rows), "stages_total": len(stage_rows),
                     **summary(records), "stages": stage_rows,
                     "configs": {k: dataclasses.asdict(v) for k, v in exp.configs(sc).items()},
-                    "workers": workers, "executor": executor}
+                    "workers": workers, "executor": executor, "invocations": invocations}
 
         def write(records: dict[str, dict[str, Any]]) -> None:
             res = results(records)
