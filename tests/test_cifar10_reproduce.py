@@ -42,6 +42,9 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
     assert tc["bank_seconds"] > 0 and tc["cache_hits"] >= 1  # the students drew on the bank, not the members
     soft = json.loads((out / "stages" / "soft3__s0.json").read_text())["result"]
     assert soft["views"] == 4 and soft["transfer_size"] == res["curves_3pct"]["soft3/s0"]["train_size"]
+    small = res["temperature_selection_3pct"]  # the soft 3% run's T, chosen on validation
+    assert {s["temperature"] for s in small} == {2.0, 5.0} and soft["mixup"] == 1.0
+    assert soft["temperature"] == min(small, key=lambda s: (s["val_errors"], s["temperature"]))["temperature"]
     assert (out / "results.md").read_text().count("|") > 50 and (out / "small_data.png").stat().st_size > 1000
     assert "gap_recovered_percent" in r.stdout and "Traceback" not in r.stderr
     (check,) = res["teacher_check"]  # the ensemble against each member, on the validation split
@@ -56,7 +59,7 @@ def test_resume_of_a_finished_reproduction_runs_nothing(smoke, cifar_dir):
     r = dk("reproduce", "cifar10", "--scale", "smoke", "--device", "cpu", "--data-dir", cifar_dir, "--out", out,
                "--resume", "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "resuming: 10 of 10 stages already done" in r.stderr
+    assert "resuming: 12 of 12 stages already done" in r.stderr
 
 
 def test_reproduce_cifar10_refuses_a_directory_without_cifar(tmp_path):

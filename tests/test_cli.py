@@ -84,9 +84,14 @@ def test_distill_checks_its_teacher_against_a_hard_label_baseline_on_the_validat
     assert "warning: the teacher (" in r.stderr and "not better than the hard-label baseline" in r.stderr
     assert not json.loads((tmp_path / "s2" / "summary.json").read_text())["teacher_check"]["teacher_better"]
 
-    out = tmp_path / "s3"  # no --val-size: the teachers' validation images would be in its transfer set
+    out = tmp_path / "s3"  # another --val-size: images the teacher learnt from could be in the validation split
     r = dk("distill", "--teacher", good, "--baseline", weak, "--out", out, "--val-size", "300", *QUICK)
     assert_clean_error(r, "--val-size 200", "give the --val-size it was trained with", out=out)
+
+    r = dk("distill", "--teacher", good, "--baseline", weak, "--out", tmp_path / "s4", "--cache-dir", "", *QUICK)
+    assert r.returncode == 0, r.stderr  # no --val-size: the check runs on the test split and says so
+    assert json.loads((tmp_path / "s4" / "summary.json").read_text())["teacher_check"]["split"] == "test"
+    assert "teacher check (test split, 899 images)" in r.stderr
 
 
 def test_archs_lists_the_registry():

@@ -36,3 +36,21 @@ def test_teacher_check_passes_a_better_teacher_and_warns_about_one_that_is_not()
     assert "in 2 of 3 pairs" in worse["warning"] and "1364.67 errors of 10000 on the test split" in worse["warning"]
     with pytest.raises(ValueError):
         teacher_check([1, 2], [3], 10, "test")
+
+
+def test_a_failed_teacher_check_is_marked_on_its_row_and_spelt_out_in_markdown():
+    from darkknowledge.experiments.report import checks_markdown, note_checks, paired_check, rows_table, values_row
+
+    rows = [values_row("teacher", "test_errors", 67, [1364.0, 1360.0], 2), values_row("student", "test_errors", 146,
+                                                                                       [1108.0, 1100.0], 2)]
+    check = paired_check("teacher", "hard-label student", "test", [1364, 1360], [1108, 1100], 10_000, "teacher",
+                         "no split is held out of the teacher")
+    assert paired_check("teacher", "student", "test", [], [], 0, "teacher") is None  # nothing measured yet
+    note_checks(rows, [check])
+    assert rows[0]["warning"] == "not better than the hard-label student on the test split" and "warning" not in rows[1]
+    table = "\n".join(rows_table(rows))
+    assert "(**not better than the hard-label student on the test split**)" in table
+    text = "\n".join(checks_markdown([check]))
+    assert "| teacher | hard-label student | test (10000 images) | 1364, 1360 | 1108, 1100 | NO |" in text
+    assert "**Warning**: the teacher (1362 errors of 10000 on the test split)" in text
+    assert "- no split is held out of the teacher" in text

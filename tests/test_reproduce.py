@@ -153,3 +153,17 @@ def test_resume_refuses_another_experiment(reference, cifar_dir):
     out = reference[0]
     r = dk("reproduce", "cifar10", "--scale", "smoke", "--data-dir", cifar_dir, "--out", out, "--resume")
     assert r.returncode == 2 and "it is a mnist reproduction, not cifar10" in r.stderr
+
+
+def test_resume_into_a_directory_with_no_run_starts_one(mnist_dir, tmp_path, monkeypatch, capsys):
+    # --resume on a fresh directory (what benchmarks/cpu_long.sh always passes) starts the run, recording one
+    # invocation; a teacher no better than its student would be flagged on its row, in results.md and on stderr.
+    monkeypatch.setattr(mnist, "EXPERIMENT", replace(mnist.EXPERIMENT, scales={"smoke": TINY}))
+    out = tmp_path / "fresh"
+    assert cli.main([*SMOKE, "--data-dir", str(mnist_dir), "--out", str(out), "--resume"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["invocations"]) == 1 and res["stages_done"] == res["stages_total"]
+    (check,) = res["teacher_check"]
+    rows = {r["experiment"]: r for r in res["rows"]}
+    assert ("warning" in rows["teacher"]) == (not check["teacher_better"])
+    assert ("warning: the teacher" in capsys.readouterr().err) == (not check["teacher_better"])

@@ -141,6 +141,11 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None,
 RESUME_FREE = ("device", "eval_every")
 
 
+# Meta keys added after checkpoints were first written, with the value an older checkpoint had: a run
+# written before ``val_size`` was recorded trained on every training image.
+META_DEFAULTS: dict[str, Any] = {"val_size": 0}
+
+
 def resume_state(path: str | Path, arch: str, train_config: dict[str, Any], defaults: dict[str, Any],
                  meta: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]] | None:
     """``(weights, meta, extra)`` of the unfinished run in ``path`` to continue, or None where there is none.
@@ -156,7 +161,7 @@ def resume_state(path: str | Path, arch: str, train_config: dict[str, Any], defa
     saved = {**defaults, **{k: v for k, v in saved_meta.get("train_config", {}).items() if k not in RESUME_FREE}}
     changed = sorted(k for k in train_config.keys() | saved.keys() if saved.get(k) != train_config.get(k))
     wanted = json.loads(json.dumps(meta))
-    changed += sorted(k for k, v in wanted.items() if saved_meta.get(k) != v)
+    changed += sorted(k for k, v in wanted.items() if saved_meta.get(k, META_DEFAULTS.get(k)) != v)
     if changed:
         raise DKError(f"cannot resume {path}: it was trained with different settings ({', '.join(changed)})")
     return weights, saved_meta, extra

@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_out(out, args.resume, args.overwrite)
     data, _ = load_split(run.data, run.val_size)
     result = train(cfg.arch, data, cfg, out=out, resume=args.resume, progress=not args.no_progress,
-                   meta={"val_size": run.val_size} if run.val_size else None)
+                   meta={"val_size": run.val_size})
     print_table([_result_row(result)], COLUMNS)
     print(f"checkpoint: {out}  summary: {_write_summary(out, [result], {'command': 'train'})}")
     return 0
@@ -196,7 +196,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if check["warning"]:
             print(f"warning: {check['warning']}", file=sys.stderr)
     result = distill(f"distilled-{cfg.arch}", data, teacher, cfg, dcfg, tcfg, out=out, resume=args.resume,
-                     progress=not args.no_progress, meta={"teachers": list(tch.teachers)})
+                     progress=not args.no_progress, meta={"teachers": list(tch.teachers), "val_size": run.val_size})
     print_table([_result_row(result)], COLUMNS)
     print(f"checkpoint: {out}  summary: {_write_summary(out, [result], extra)}")
     return 0
@@ -207,11 +207,12 @@ def _check_held_out(checkpoints: Sequence[str], val_size: int) -> None:
     from darkknowledge.checkpoint import read_meta
 
     for path in checkpoints:
-        theirs = read_meta(path).get("val_size", 0)
+        theirs = read_meta(path).get("val_size")
         if theirs != val_size:
-            held = f"--val-size {theirs}" if theirs else "all the training images (no --val-size)"
-            raise DKError(f"{path} was trained on {held}, so a validation split of {val_size} would hold images it "
-                          f"learnt from: give the --val-size it was trained with")
+            held = (f"was trained with --val-size {theirs}" if theirs else "was trained on every training image"
+                    if theirs == 0 else "records no --val-size (dk train writes it; other trainers may not)")
+            raise DKError(f"{path} {held}, so a validation split of {val_size} may hold images it learnt from: give "
+                          f"the --val-size it was trained with")
 
 
 def parse_bias_fix(items: Sequence[str]) -> dict[int, float]:

@@ -76,7 +76,7 @@ def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, 
     """Train ``members`` members of ``cfg`` through ``executor``; ``OUT/ensemble.json`` is rewritten as each ends."""
     out = Path(out)
     tasks = member_tasks(source, cfg, members, out, val_size=val_size, limit=limit,
-                         progress=progress and executor == "local" and workers == 1, record_split=val_size > 0)
+                         progress=progress and executor == "local" and workers == 1, record_split=True)
     status: list[dict[str, Any]] = [{"name": t.name, "out": t.out, "seed": t.config.seed, "status": "pending"}
                                     for t in tasks]
 

@@ -13,7 +13,9 @@ test-time augmentation (``evaluation.tta_views``), the same views for all (the `
 Section 6, soft targets as a regulariser: 3% of the training set (class-balanced, seeded) with hard
 labels vs with the soft targets of a net trained on all of it (member s for seed s), beside that
 100%-hard net; train and test accuracy per epoch, no early stopping, and the fraction of the gap the soft
-targets recover (paper: 87%).
+targets recover (paper: 87%). The soft run learns the teacher's targets alone on a bank of views mixed
+with mixup (Beyer et al. 2022), at a temperature chosen on the validation split (the ``select3`` stages),
+settings measured on validation in recipes/README.md.
 
 Every training run is a stage of ``experiments.runner`` (recorded as it ends, resumable); ensemble
 members go through the executor interface (``--executor local|ray``).
@@ -76,6 +78,8 @@ class Scale:
     small_epochs: int  # the 3%-data runs (no early stopping)
     views: int  # augmented views per transfer image in the soft-target bank
     small_views: int = 32  # the 3%-data soft run's bank: a small set, so many views are cheap
+    small_temperatures: tuple[float, ...] = (1, 5, 10)  # the 3%-data soft run's T, chosen on validation
+    small_mixup: float = 1.0  # mixup alpha of that bank (Beyer et al. 2022; recipes/README.md)
     val_size: int = 5000
     train_limit: int = 0  # 0: all 50,000 training images (before the validation split)
     fraction: float = 0.03
@@ -99,7 +103,8 @@ SCALES: dict[str, Scale] = {
     # Seconds: every stage and the results contract on 1,200 images; students twice the members' epochs, so
     # the equal-budget single net runs too.
     "smoke": Scale(members=2, member_epochs=1, student_epochs=2, select_epochs=1, temperatures=(2, 5),
-                   small_epochs=2, views=2, small_views=4, val_size=200, train_limit=1200, fraction=0.1, default_seeds=1,
+                   small_epochs=2, views=2, small_views=4, small_temperatures=(2, 5), val_size=200, train_limit=1200,
+                   fraction=0.1, default_seeds=1,
                    arch="airnet-8-16-16", batch_size=128, tta=1),
 }
 SMALL_BATCH = 64  # the small-data runs (section 6)
@@ -110,6 +115,9 @@ CURVE = 2000  # per-epoch test errors on a seeded sample of 2,000 test images (a
 MEMBER = packaged_recipe("cifar10", "member")[TrainConfig]
 _distilled = packaged_recipe("cifar10", "distilled", (TrainConfig, DistillConfig))
 DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
+# Section 6's soft run: the teacher's targets alone (on 3% of the data the hard-label term is fitted as
+# completely as by the hard run, and with mixed views one hard label is wrong): recipes/README.md.
+DISTILL_SMALL = replace(DISTILL, soft_weight=1.0, hard_weight=0.0)
 
 
 def scaled(cfg: TrainConfig, sc: Scale, epochs: int, seed: int, device: str, batch_size: int = 0) -> TrainConfig:
@@ -168,18 +176,22 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
             stages.append(Stage(f"distilled-geometric/s{s}", "distilled_geometric", p, ("ensemble",) + select,
                                 sc.student_epochs * n / 1e5))
     small = sc.small_epochs * sc.fraction * n / 1e5 + sc.small_epochs / 20 * 0.1  # + evaluations
+    # Its temperature: chosen on the validation split with seed 0's subset and teacher.
+    select3 = tuple(f"select3/T{t:g}" for t in sc.small_temperatures)
+    stages += [Stage(name, "select_small", {**ctx, "seed": 0, "temperature": float(t)}, ("member/m0",), small * 1.2)
+               for name, t in zip(select3, sc.small_temperatures)]
     for s in range(seeds):
         p = {**ctx, "seed": s}
         stages.append(Stage(f"hard3/s{s}", "hard_small", p, (), small))
-        stages.append(Stage(f"soft3/s{s}", "soft_small", p, (f"member/m{s}",) + select, small * 1.2))
+        stages.append(Stage(f"soft3/s{s}", "soft_small", p, (f"member/m{s}",) + select3, small * 1.2))
     return stages
 
 
-def _choice(inputs: dict[str, Any]) -> float:
-    """The temperature with the fewest validation errors among the select stages' results (ties: the lower T)."""
+def _choice(inputs: dict[str, Any], prefix: str = "select/") -> float:
+    """The temperature with the fewest validation errors among the ``prefix`` stages' results (ties: the lower T)."""
     best = None
     for name, r in inputs.items():
-        if name.startswith("select/") and (best is None or r["val_errors"] < best[1]):
+        if name.startswith(prefix) and (best is None or r["val_errors"] < best[1]):
             best = (float(r["temperature"]), r["val_errors"])
     return best[0]
 
@@ -286,15 +298,19 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         r = train(stage.name, data, cfg, out=ckpt, resume=True, progress=progress, transfer=(x_small, y_small),
                   **track)
         return _summary(r, {"train_accuracy": _train_accuracy(r.model, x_small, y_small, data.num_classes)})
-    if stage.kind == "soft_small":
-        temperature = _choice(inputs)
+    if stage.kind in ("soft_small", "select_small"):  # the soft run, or one of its temperature's validation runs
+        temperature = p["temperature"] if stage.kind == "select_small" else _choice(inputs, "select3/")
         teacher = Teacher.from_checkpoints([out / inputs[f"member/m{p['seed']}"]["out"]], device=dev,
                                            cache_dir=out / "cache")
-        r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=temperature),
-                    TransferConfig(view_bank=sc.small_views), transfer=(x_small, y_small), out=ckpt, resume=True,
-                    progress=progress, **track)
-        return _summary(r, {"temperature": temperature, "views": sc.small_views,
-                            "train_accuracy": _train_accuracy(r.model, x_small, y_small, data.num_classes)})
+        r = distill(stage.name, data, teacher, cfg, replace(DISTILL_SMALL, temperature=temperature),
+                    TransferConfig(view_bank=sc.small_views, mixup=sc.small_mixup), transfer=(x_small, y_small),
+                    out=ckpt, resume=True, progress=progress, **track)
+        extra = {"temperature": temperature, "views": sc.small_views, "mixup": sc.small_mixup,
+                 "train_accuracy": _train_accuracy(r.model, x_small, y_small, data.num_classes)}
+        if stage.kind == "select_small":
+            extra.update(val_errors=errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)["errors"],
+                         val_size=len(y_val))
+        return _summary(r, extra)
     raise DKError(f"unknown stage kind {stage.kind!r}")
 
 
@@ -374,6 +390,8 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                            note="(soft 3% - hard 3%) / (hard 100% - hard 3%), test accuracy, per seed"))
     selection = [{"temperature": done[s.name]["temperature"], "val_errors": done[s.name]["val_errors"],
                   "val_size": done[s.name]["val_size"]} for s in by_kind["select"] if s.name in done]
+    selection_small = [{"temperature": done[s.name]["temperature"], "val_errors": done[s.name]["val_errors"],
+                        "val_size": done[s.name]["val_size"]} for s in by_kind.get("select_small", []) if s.name in done]
     curves = {s.name: {"train_size": done[s.name]["transfer_size"], "curve": done[s.name]["curve"],
                        "curve_size": done[s.name].get("curve_size", test_size)}
               for s in by_kind["hard_small"] + by_kind["soft_small"] if s.name in done}
@@ -397,7 +415,8 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
         checks.append(paired_check("ensemble", "hard-label single net", split, [teacher_errors] * len(member_errors),
                                    member_errors, size, "ensemble",
                                    "" if split == "validation" else "this run's ensemble stage predates the validation check"))
-    return {"test_size": test_size, "rows": rows, "temperature_selection": selection, "teacher_cost": teacher_cost,
+    return {"test_size": test_size, "rows": rows, "temperature_selection": selection,
+            "temperature_selection_3pct": selection_small, "teacher_cost": teacher_cost,
             "ensemble": ens, "curves_3pct": curves, "teacher_check": [c for c in checks if c]}
 
 
@@ -414,6 +433,12 @@ def markdown(results: dict[str, Any]) -> list[str]:
                   "| T | validation errors |", "|---|---|"]
         lines += [f"| {s['temperature']:g} | {s['val_errors']} of {s['val_size']} |"
                   for s in results["temperature_selection"]]
+    if results.get("temperature_selection_3pct"):
+        lines += ["", "Temperature of the 3% soft run, chosen on the validation split (soft targets alone, mixup "
+                  f"alpha {results['scale_config'].get('small_mixup', 0)} on the bank's views; seed 0's subset and "
+                  "teacher):", "", "| T | validation errors |", "|---|---|"]
+        lines += [f"| {s['temperature']:g} | {s['val_errors']} of {s['val_size']} |"
+                  for s in results["temperature_selection_3pct"]]
     tc = results["teacher_cost"]
     if tc:
         lines += ["", f"Teacher cost: the ensemble's targets on {tc['views']} views of the transfer set took "
@@ -461,4 +486,4 @@ EXPERIMENT = Experiment(
     check_data=lambda data_dir, sc: load_data_for(data_dir, sc, torch.device("cpu")),
     stages=build_stages, run_stage=run_stage, summarise=summarise, markdown=markdown, plots=plots,
     precision=MEMBER.precision, preface=preface,
-    configs=lambda sc: {"member": MEMBER, "distilled": DISTILLED, "distill": DISTILL})
+    configs=lambda sc: {"member": MEMBER, "distilled": DISTILLED, "distill": DISTILL, "distill_3pct": DISTILL_SMALL})

@@ -7,7 +7,7 @@ stages and paper numbers.
 The results contract (``results.json``): ``hardware``, ``commit``, ``scale``, ``seeds``, ``rows`` of
 ``{experiment, metric, paper, mean, std, seeds, values, seconds, status}`` where ``status`` is
 ``done`` (every seed measured), ``partial`` (some seeds so far), ``failed`` (a seed's stage failed:
-``errors`` says why) or ``pending`` (a row whose teacher failed its check carries ``warning``),
+``errors`` says why) or ``pending``; a row whose teacher failed its check also carries ``warning``;
 ``teacher_check``: is each teacher better than its hard-label baseline (``evaluation.teacher_check``,
 with the results ``row`` it concerns), ``stages``: every stage's status, seconds and error, and
 ``invocations``: every run and resume of the directory (start, commit, hardware).
@@ -325,7 +325,8 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
         prepare_out(out, exp.name, scale, resume, overwrite, settings, settings_defaults(exp, sc))
         # Every invocation that worked on this directory, with its machine: a resumed run's header describes
         # the machine that resumed it, so the stages an earlier one ran are traced here.
-        earlier = json.loads((out / MANIFEST).read_text()).get("invocations", []) if resume else []
+        earlier = (json.loads((out / MANIFEST).read_text()).get("invocations", [])
+                   if resume and (out / MANIFEST).is_file() else [])
         invocations = earlier + [{"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
                                   "hardware": hardware(dev), "workers": workers, "executor": executor}]
         atomic_write_json(out / MANIFEST, {"experiment": exp.name, "scale": scale, "seeds": seeds,
