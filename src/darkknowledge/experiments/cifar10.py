@@ -388,10 +388,10 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
             gaps.append(100 * (_pct(f) - _pct(h)) / (_pct(m) - _pct(h)))
     rows.append(values_row("gap_recovered_percent", *PAPER["gap_recovered_percent"], gaps, seeds,
                            note="(soft 3% - hard 3%) / (hard 100% - hard 3%), test accuracy, per seed"))
-    selection = [{"temperature": done[s.name]["temperature"], "val_errors": done[s.name]["val_errors"],
-                  "val_size": done[s.name]["val_size"]} for s in by_kind["select"] if s.name in done]
-    selection_small = [{"temperature": done[s.name]["temperature"], "val_errors": done[s.name]["val_errors"],
-                        "val_size": done[s.name]["val_size"]} for s in by_kind.get("select_small", []) if s.name in done]
+    def selection(kind: str) -> list[dict[str, Any]]:  # each temperature's validation errors, as measured so far
+        return [{k: done[s.name][k] for k in ("temperature", "val_errors", "val_size")}
+                for s in by_kind.get(kind, []) if s.name in done]
+
     curves = {s.name: {"train_size": done[s.name]["transfer_size"], "curve": done[s.name]["curve"],
                        "curve_size": done[s.name].get("curve_size", test_size)}
               for s in by_kind["hard_small"] + by_kind["soft_small"] if s.name in done}
@@ -405,19 +405,19 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                         "bank_seconds_per_student_epoch": round(ens["bank_seconds"] / epochs, 3) if epochs else None,
                         "on_the_fly_seconds_per_student_epoch": ens["teacher_seconds_per_epoch_on_the_fly"],
                         "cache_hits": sum(r.get("cache_hits", 0) for r in students)}
-    checks = []
+    check = None
     if ens:  # the ensemble (the students' teacher) against each of its members, trained on hard labels alone
         if "val_members" in ens:
             split, size, teacher_errors, member_errors = "validation", ens["val_size"], ens["val_arithmetic"], ens["val_members"]
         else:  # a run from before the check: its stages measured the test split only
             split, size, teacher_errors = "test", ens["test_size"], ens["arithmetic"]
             member_errors = [done[s.name]["test_errors"] for s in members if s.name in done]
-        checks.append(paired_check("ensemble", "hard-label single net", split, [teacher_errors] * len(member_errors),
-                                   member_errors, size, "ensemble",
-                                   "" if split == "validation" else "this run's ensemble stage predates the validation check"))
-    return {"test_size": test_size, "rows": rows, "temperature_selection": selection,
-            "temperature_selection_3pct": selection_small, "teacher_cost": teacher_cost,
-            "ensemble": ens, "curves_3pct": curves, "teacher_check": [c for c in checks if c]}
+        check = paired_check("ensemble", "hard-label single net", split, [teacher_errors] * len(member_errors),
+                             member_errors, size, "ensemble",
+                             "" if split == "validation" else "this run's ensemble stage predates the validation check")
+    return {"test_size": test_size, "rows": rows, "temperature_selection": selection("select"),
+            "temperature_selection_3pct": selection("select_small"), "teacher_cost": teacher_cost,
+            "ensemble": ens, "curves_3pct": curves, "teacher_check": [check] if check else []}
 
 
 def preface(results: dict[str, Any]) -> list[str]:
