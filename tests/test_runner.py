@@ -1,10 +1,11 @@
 """Stage runner: failures are recorded and never stop the others; every finished stage is on disk."""
 
 import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-
-import time
 
 from darkknowledge import DKError
 from darkknowledge.experiments.runner import Stage, critical_path, read_records, run_stages
@@ -140,3 +141,80 @@ def test_resume_takes_a_setting_added_since_the_run_started_at_its_default(tmp_p
     newer["recipes"]["member"]["lookahead"] = True  # the new field set: not the run that was started
     with pytest.raises(DKError, match=r"recipes.member.lookahead differ"):
         prepare_out(tmp_path, "cifar10", "smoke", resume=True, overwrite=False, settings=newer, defaults=defaults)
+
+
+@dataclass(frozen=True)
+class ToyScale:
+    default_seeds: int = 1
+    teacher_steps: int = 1
+    student_steps: int = 1
+
+
+@dataclass(frozen=True)
+class ToyRecipe:
+    lr: float = 0.1
+
+
+def toy_stage(stage, inputs):
+    (Path(stage.params["out"]) / "models" / stage.name).mkdir(parents=True, exist_ok=True)  # a resumable checkpoint
+    return {"run": time.perf_counter_ns(), "steps": stage.params["scale"].student_steps}
+
+
+def toy_experiment(owners):
+    from darkknowledge.experiments.report import Experiment
+
+    return Experiment(
+        name="toy", title="toy", scales={"full": ToyScale()}, check_data=lambda data_dir, sc: None,
+        stages=lambda sc, seeds, ctx: [Stage("teacher", "teacher", ctx), Stage("student", "student", ctx, ("teacher",)),
+                                       Stage("report", "report", ctx, ("student",)), Stage("other", "other", ctx)],
+        run_stage=toy_stage, summarise=lambda stages, records, sc, seeds: {"rows": []},
+        markdown=lambda results: [], plots=lambda results, out: [], precision="fp32",
+        configs=lambda sc: {"student": ToyRecipe()}, owners=owners)
+
+
+def test_resume_after_an_owned_setting_changed_runs_its_stages_and_their_dependants_again(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from darkknowledge.experiments import report
+
+    owners = {"scale.student_steps": ("student",), "recipes.student": ("student",)}
+    exp = toy_experiment(owners)
+    before = report.reproduce(exp, tmp_path, tmp_path / "run", progress=False, log=lambda m: None)
+    runs = {s["stage"]: s for s in before["stages"]}
+    assert all(s["status"] == "done" for s in runs.values())
+    first = {name: json.loads((tmp_path / "run" / "stages" / f"{name}.json").read_text())["result"]["run"]
+             for name in runs}
+    (tmp_path / "run" / "models" / "student" / "epoch.pt").write_bytes(b"an old checkpoint")
+    monkeypatch.setitem(exp.scales, "full", replace(ToyScale(), student_steps=2))
+    logs = []
+    report.reproduce(exp, tmp_path, tmp_path / "run", resume=True, progress=False, log=logs.append)
+    again = {name: json.loads((tmp_path / "run" / "stages" / f"{name}.json").read_text())["result"]
+             for name in runs}
+    assert again["teacher"]["run"] == first["teacher"] and again["other"]["run"] == first["other"]
+    assert again["student"]["run"] != first["student"] and again["student"]["steps"] == 2
+    assert again["report"]["run"] != first["report"]  # it depends on the student
+    assert not (tmp_path / "run" / "models" / "student" / "epoch.pt").exists()  # not resumed from the old one
+    assert any("scale.student_steps" in m and "running again student, report" in m for m in logs)
+    manifest = json.loads((tmp_path / "run" / report.MANIFEST).read_text())
+    assert manifest["settings"]["scale"]["student_steps"] == 2
+    assert manifest["invocations"][-1]["ran_again"] == ["student", "report"]
+    # A setting no stage kind owns still refuses, and nothing is forgotten.
+    monkeypatch.setitem(exp.scales, "full", replace(ToyScale(), student_steps=2, teacher_steps=3))
+    with pytest.raises(DKError, match=r"other settings \(scale.teacher_steps differ\)"):
+        report.reproduce(exp, tmp_path, tmp_path / "run", resume=True, progress=False, log=lambda m: None)
+    assert (tmp_path / "run" / "stages" / "student.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
+def test_every_owned_setting_exists_and_its_owners_are_stage_kinds(name):
+    import importlib
+
+    from darkknowledge.experiments.report import _flat, run_settings
+
+    exp = importlib.import_module(f"darkknowledge.experiments.{name}").EXPERIMENT
+    sc = exp.scales["smoke"]
+    keys = _flat(run_settings(exp, sc))
+    kinds = {s.kind for s in exp.stages(sc, sc.default_seeds, {"scale": sc})}
+    for key, owners in exp.owners.items():
+        assert any(k == key or k.startswith(key + ".") for k in keys), key
+        assert set(owners) <= kinds, (key, owners)

@@ -486,4 +486,7 @@ EXPERIMENT = Experiment(
     check_data=lambda data_dir, sc: load_data_for(data_dir, sc, torch.device("cpu")),
     stages=build_stages, run_stage=run_stage, summarise=summarise, markdown=markdown, plots=plots,
     precision=MEMBER.precision, preface=preface,
-    configs=lambda sc: {"member": MEMBER, "distilled": DISTILLED, "distill": DISTILL, "distill_3pct": DISTILL_SMALL})
+    configs=lambda sc: {"member": MEMBER, "distilled": DISTILLED, "distill": DISTILL, "distill_3pct": DISTILL_SMALL},
+    # Read by the 3% soft runs alone (run_stage): changing one re-runs them on --resume, members kept.
+    owners={key: ("select_small", "soft_small") for key in
+            ("recipes.distill_3pct", "scale.small_mixup", "scale.small_temperatures", "scale.small_views")})

@@ -35,7 +35,7 @@ from darkknowledge.device import DEFAULT_DEVICE, resolve_device, resolve_precisi
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import teacher_check
 from darkknowledge.executors import open_executor
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages
+from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages, stage_path
 
 
 def git_commit() -> str:
@@ -194,6 +194,9 @@ class Experiment:
         precision: the recipe precision whose resolution the results report.
         configs: ``configs(scale)``: the recipes (dataclasses) as the scale runs them, recorded in ``results.json``.
         preface: lines between the header and the rows table.
+        owners: a setting's dotted key (or a prefix of keys, ``recipes.distill_3pct``) -> the stage kinds that
+            alone read it. Resuming a run after only owned settings changed re-runs those stages and everything
+            that depends on them; a change to any other setting refuses to resume.
     """
 
     name: str
@@ -208,6 +211,7 @@ class Experiment:
     precision: str
     configs: Callable[[Any], dict[str, Any]]
     preface: Callable[[dict[str, Any]], list[str]] = lambda results: []
+    owners: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 MANIFEST = "reproduction.json"
@@ -246,11 +250,24 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any], defaults: dict[st
                   if old.get(k, dflt.get(k, missing)) != new.get(k, dflt.get(k, missing)))
 
 
+def _owner_kinds(changed: list[str], owners: dict[str, tuple[str, ...]]) -> set[str] | None:
+    """The stage kinds that read the ``changed`` settings, or None when one of them has no owner."""
+    kinds: set[str] = set()
+    for key in changed:
+        owned = [kinds_ for prefix, kinds_ in owners.items() if key == prefix or key.startswith(prefix + ".")]
+        if not owned:
+            return None
+        kinds.update(*owned)
+    return kinds
+
+
 def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite: bool,
-                settings: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> None:
+                settings: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,
+                owners: dict[str, tuple[str, ...]] | None = None) -> tuple[list[str], set[str]]:
     """A fresh run needs an empty ``out`` (or ``overwrite``); a resumed one, the same experiment, scale and
     ``settings`` (``run_settings``: a run whose manifest predates them is resumed on experiment and scale; a
-    setting added since the run started is the same when it holds its ``defaults`` value)."""
+    setting added since the run started is the same when it holds its ``defaults`` value), except settings in
+    ``owners`` (``Experiment.owners``). Returns the changed settings and the stage kinds to run again for them."""
     manifest = out / MANIFEST
     if manifest.is_file():
         previous = json.loads(manifest.read_text())
@@ -265,11 +282,12 @@ def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite:
                               f"not {scale!r}")
             old = previous.get("settings")
             changed = changed_settings(old, settings, defaults) if settings is not None and old is not None else []
-            if changed:
+            kinds = _owner_kinds(changed, owners or {})
+            if kinds is None:
                 raise DKError(f"cannot resume {out}: it was started with other settings ({', '.join(changed)} "
                               "differ); its finished stages would not match the new ones. Use --overwrite or "
                               "another --out")
-            return
+            return changed, kinds
         if not overwrite:
             raise DKError(f"{out} holds a previous reproduction; pass --resume to continue it, --overwrite to "
                           "start over, or choose another --out")
@@ -277,6 +295,23 @@ def prepare_out(out: Path, experiment: str, scale: str, resume: bool, overwrite:
         raise DKError(f"cannot resume {out}: it holds no reproduction ({MANIFEST} not found)")
     for sub in OUT_PARTS:
         shutil.rmtree(out / sub, ignore_errors=True)
+    return [], set()
+
+
+def stale_stages(stages: list[Stage], kinds: set[str]) -> list[Stage]:
+    """The stages of ``kinds`` and every stage that depends on one of them, directly or not (in order)."""
+    stale: set[str] = set()
+    for s in stages:  # dependencies come before dependants
+        if s.kind in kinds or stale.intersection(s.deps):
+            stale.add(s.name)
+    return [s for s in stages if s.name in stale]
+
+
+def forget_stages(out: Path, stages: list[Stage]) -> None:
+    """Delete what ``stages`` recorded and saved (its record, its resumable checkpoint) so that they run again."""
+    for s in stages:
+        stage_path(out, s.name).unlink(missing_ok=True)
+        shutil.rmtree(out / "models" / s.name.replace("/", "__"), ignore_errors=True)
 
 
 def rows_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -322,20 +357,28 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
     out = Path(out)
     with open_executor(executor, workers, address=address, cpus_per_task=None) as ex:
         settings = run_settings(exp, sc)
-        prepare_out(out, exp.name, scale, resume, overwrite, settings, settings_defaults(exp, sc))
+        changed, kinds = prepare_out(out, exp.name, scale, resume, overwrite, settings, settings_defaults(exp, sc),
+                                     exp.owners)
+        # The scale itself travels with every stage (a frozen dataclass): a worker process needs no registry.
+        ctx = {"data_dir": str(data_dir), "scale": sc, "device": str(dev), "out": str(out), "seeds": seeds,
+               "progress": progress and workers == 1 and executor == "local"}
+        stages = exp.stages(sc, seeds, ctx)
+        stale: list[Stage] = []
+        if changed:  # forgotten before the manifest takes the new settings: an interruption forgets nothing twice
+            stale = stale_stages(stages, kinds)
+            forget_stages(out, stale)
+            log(f"settings changed since {out} started ({', '.join(changed)}): running again "
+                f"{', '.join(s.name for s in stale)}")
         # Every invocation that worked on this directory, with its machine: a resumed run's header describes
         # the machine that resumed it, so the stages an earlier one ran are traced here.
         earlier = (json.loads((out / MANIFEST).read_text()).get("invocations", [])
                    if resume and (out / MANIFEST).is_file() else [])
         invocations = earlier + [{"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
-                                  "hardware": hardware(dev), "workers": workers, "executor": executor}]
+                                  "hardware": hardware(dev), "workers": workers, "executor": executor,
+                                  **({"changed": changed, "ran_again": [s.name for s in stale]} if changed else {})}]
         atomic_write_json(out / MANIFEST, {"experiment": exp.name, "scale": scale, "seeds": seeds,
                                            "data_dir": str(data_dir), "device": str(dev), "commit": git_commit(),
                                            "executor": executor, "settings": settings, "invocations": invocations})
-        # The scale itself travels with every stage (a frozen dataclass): a worker process needs no registry.
-        ctx = {"data_dir": str(data_dir), "scale": sc, "device": str(dev), "out": str(out), "seeds": seeds,
-               "progress": progress and workers == 1 and executor == "local"}
-        stages = exp.stages(sc, seeds, ctx)
         t0 = time.perf_counter()
 
         def summary(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
