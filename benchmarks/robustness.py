@@ -105,18 +105,29 @@ def main() -> None:
                "ordering_held_on_every_seed": bool(measured) and len(measured) == len(seeds) and all(
                    r["teacher_beats_student"] and r["distilled_beats_student"] for r in measured),
                "teacher_check": results.get("teacher_check", []),
+               "chosen": {k: v.get("chosen") for k, v in results.get("choices", {}).items()},
                "warnings": [line for line in proc.stderr.splitlines() if line.startswith("warning:")]}
         payload["sets"] = [s for s in payload["sets"] if s["set"] != name] + [row]
         save()
         print(f"{name}: " + "; ".join(f"s{r['seed']} teacher {r['teacher']} student {r['student']} distilled "
                                       f"{r['distilled']}" for r in seeds) + f" ({wall:.0f} s)", flush=True)
-    print(f"\n| data set | teacher | hard-label student | distilled | ordering held on every seed | wall s |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| data set | chosen on validation | teacher | hard-label student | distilled | "
+          f"ordering held on every seed | wall s |")
+    print("|---|---|---|---|---|---|---|")
     for row in payload["sets"]:
         col = lambda k: ", ".join(str(r[k]) for r in row["seeds"])  # noqa: E731
-        print(f"| {row['set']} | {col('teacher')} | {col('student')} | {col('distilled')} | "
-              f"{'yes' if row['ordering_held_on_every_seed'] else 'NO'} | {row['wall_seconds']:.0f} |")
+        print(f"| {row['set']} | {chosen_text(row.get('chosen', {}))} | {col('teacher')} | {col('student')} | "
+              f"{col('distilled')} | {'yes' if row['ordering_held_on_every_seed'] else 'NO'} | "
+              f"{row['wall_seconds']:.0f} |")
     print(f"wrote {out}")
+
+
+def chosen_text(chosen: dict) -> str:
+    """``dropout teacher, T 4 / hard 0.5``: what the reproduction chose on the data set's validation split."""
+    d = chosen.get("distill") or {}
+    parts = ([f"{chosen['teacher']} teacher"] if chosen.get("teacher") else []) + (
+        [f"T {d['temperature']:g} / hard {d['hard_weight']:g}"] if d else [])
+    return ", ".join(parts) or "-"
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ def test_robustness_runs_the_reproduction_on_data_it_never_saw(mnist_dir, cifar_
     s0 = row["seeds"][0]
     assert s0["teacher_beats_student"] == (s0["teacher"] < s0["student"])
     assert row["ordering_held_on_every_seed"] == (s0["teacher_beats_student"] and s0["distilled_beats_student"])
-    assert row["teacher_check"][0]["teacher_errors"] == [s0["teacher"]]
+    (on_test,) = [c for c in row["teacher_check"] if c["split"] == "test"]
+    assert on_test["teacher_errors"] == [s0["teacher"]] and row["chosen"]["teacher"] in ("paper", "none")
+    assert f"{row['chosen']['teacher']} teacher, T " in r.stdout
     again = run("robustness.py", *args, "--resume")  # every stage is done: nothing trains again
     assert again.returncode == 0 and json.loads(out.read_text())["sets"][0]["seeds"] == row["seeds"]
     refused = run("robustness.py", *args)  # neither --resume nor --overwrite: the finished run is kept

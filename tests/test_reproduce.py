@@ -56,21 +56,40 @@ def test_results_contract(reference):
     assert rows["omit3_errors_on_3"]["mean"] <= rows["omit3"]["mean"]  # errors on 3s are part of all errors
     assert len(res["bias_offsets"]["omit3"]["validation_fitted"]) == 1
     assert {s["width"] for s in res["sweep"]} == {30} and len(res["logit_matching"]) == 2
-    assert res["stages_done"] == res["stages_total"] == len(res["stages"]) == 10
+    assert res["stages_done"] == res["stages_total"] == len(res["stages"]) == 15
     assert "| teacher | test_errors | 67 |" in (out / "results.md").read_text()
     for png in ("sweep.png", "bias_fix.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert "only78_bias_fixed" in r.stdout and "10/10 stages done" in r.stdout
+    assert "only78_bias_fixed" in r.stdout and "15/15 stages done" in r.stdout
     assert (out / "teachers" / "seed0" / "model.safetensors").is_file()
-    assert len(list((out / "stages").glob("*.json"))) == 10
+    assert len(list((out / "stages").glob("*.json"))) == 15
     beyond = res["beyond_paper_rows"]
     assert [b["experiment"] for b in beyond] == ["distilled_jittered_transfer"] and beyond[0]["status"] == "done"
     assert beyond[0]["compared_with"] == "distilled" and "Beyond the paper" in (out / "results.md").read_text()
-    (check,) = res["teacher_check"]
+    val_check, check = res["teacher_check"]
     assert check["row"] == "teacher" and check["split"] == "test" and check["size"] == 10_000
     assert check["teacher_errors"] == rows["teacher"]["values"] and check["baseline_errors"] == rows["student"]["values"]
-    assert check["teacher_better"] == (check["warning"] is None) == ("warning" not in rows["teacher"])
+    assert check["teacher_better"] == (check["warning"] is None)
+    assert (check["teacher_better"] and val_check["teacher_better"]) == ("warning" not in rows["teacher"])
     assert "Teacher check" in (out / "results.md").read_text()
+    # What the validation split chose: the option (and the T, hard weight pair) with the fewest validation
+    # errors, used by every seed's teacher (and distilled students); the validation teacher check compares it
+    # with a hard-label student trained on the same images.
+    teacher, distill = res["choices"]["teacher"], res["choices"]["distill"]
+    assert [o["option"] for o in teacher["options"]] == ["paper", "none"]
+    best = min(teacher["options"], key=lambda o: o["val_errors"])
+    assert teacher["chosen"] == best["option"] and all(o["val_size"] == 500 for o in teacher["options"])
+    assert val_check["split"] == "validation" and val_check["size"] == 500
+    assert val_check["teacher_errors"] == [best["val_errors"]] and val_check["baseline_errors"] == [
+        teacher["student_val_errors"]]
+    assert [(g["temperature"], g["hard_weight"]) for g in distill["grid"]] == [(2.5, 0.1), (20.0, 0.1)]
+    pick = min(distill["grid"], key=lambda g: g["val_errors"])
+    assert distill["chosen"] == {"temperature": pick["temperature"], "hard_weight": pick["hard_weight"]}
+    stage = {n: json.loads((out / "stages" / f"{n}.json").read_text())["result"]
+             for n in ("teacher__s0", "distilled__s0", "omit3__s0")}
+    assert stage["teacher__s0"]["option"] == teacher["chosen"]
+    assert all(stage[n]["temperature"] == pick["temperature"] for n in ("distilled__s0", "omit3__s0"))
+    assert "Chosen on the validation split" in (out / "results.md").read_text()
 
 
 def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
@@ -85,7 +104,7 @@ def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     partial = json.loads((out / "results.json").read_text())  # written after each stage: never lost
-    assert 3 <= partial["stages_done"] < 10
+    assert 3 <= partial["stages_done"] < 15
     assert {r["status"] for r in partial["rows"]} <= {"done", "pending"}
 
     again = run_dk(*SMOKE, "--data-dir", mnist_dir, "--out", out)
@@ -111,10 +130,14 @@ def test_a_failing_stage_is_recorded_and_the_others_still_run(mnist_dir, tmp_pat
     rows = {r["experiment"]: r for r in res["rows"]}
     assert rows["teacher"]["status"] == "done" and rows["student"]["status"] == "done"
     assert rows["distilled"]["status"] == "failed"
-    assert "diverged" in rows["distilled"]["errors"]["distilled/s0"]
+    # Every distillation setting tried on validation diverged too: recorded there, never chosen, and said.
+    assert "every distill setting tried on the validation split diverged" in rows["distilled"]["errors"]["distilled/s0"]
+    assert all(g["val_errors"] is None and "diverged" in g["diverged"] for g in res["choices"]["distill"]["grid"])
+    assert "chosen" not in res["choices"]["distill"] and "| diverged |" in (out / "results.md").read_text()
     stages = {s["stage"]: s for s in res["stages"]}
     assert stages["teacher/s0"]["status"] == stages["student/s0"]["status"] == "done"
     assert stages["distilled/s0"]["status"] == "failed" and "diverged" in stages["distilled/s0"]["error"]
+    assert stages["choose/distill-T20-h0.1"]["status"] == "done"  # a diverged option is an outcome, not a failure
     assert "Failed stages" in (out / "results.md").read_text()
 
 
@@ -133,7 +156,7 @@ def test_parallel_workers_run_every_stage(mnist_dir, tmp_path):
     out = tmp_path / "par"
     res = reproduce(TINY_EXPERIMENT, mnist_dir, out, scale="tiny", device="cpu", progress=False, workers=2,
                     log=lambda m: None)
-    assert res["workers"] == 2 and res["stages_done"] == res["stages_total"] == 9
+    assert res["workers"] == 2 and res["stages_done"] == res["stages_total"] == 14
     assert {r["status"] for r in res["rows"] + res["beyond_paper_rows"]} == {"done"}
     assert {r["experiment"] for r in res["rows"]} == set(mnist.PAPER)
 
@@ -163,7 +186,27 @@ def test_resume_into_a_directory_with_no_run_starts_one(mnist_dir, tmp_path, mon
     assert cli.main([*SMOKE, "--data-dir", str(mnist_dir), "--out", str(out), "--resume"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert len(res["invocations"]) == 1 and res["stages_done"] == res["stages_total"]
-    (check,) = res["teacher_check"]
+    checks = res["teacher_check"]
     rows = {r["experiment"]: r for r in res["rows"]}
-    assert ("warning" in rows["teacher"]) == (not check["teacher_better"])
-    assert ("warning: the teacher" in capsys.readouterr().err) == (not check["teacher_better"])
+    better = all(c["teacher_better"] for c in checks) and len(checks) == 2
+    assert ("warning" in rows["teacher"]) == (not better)
+    assert ("warning: the teacher" in capsys.readouterr().err) == (not better)
+
+
+def test_the_validation_split_chooses_the_fewest_errors_and_ties_go_to_the_earlier_option():
+    sc = replace(mnist.SCALES["smoke"], teacher_options=("paper", "dropout", "none"), distill_temperatures=(4, 20),
+                 distill_hard_weights=(0.1, 0.5))
+    inputs = {"choose/teacher-paper": {"option": "paper", "val_errors": 30},
+              "choose/teacher-dropout": {"option": "dropout", "val_errors": 20},
+              "choose/teacher-none": {"option": "none", "val_errors": 20}, "teacher/s0": {"checkpoint": "x"}}
+    assert mnist.chosen_teacher(inputs, sc) == "dropout"
+    grid = {f"choose/distill-T{t:g}-h{h:g}": {"temperature": t, "hard_weight": h, "val_errors": e}
+            for (t, h), e in zip(mnist.distill_grid(sc), (50, 41, 41, 60))}
+    assert list(grid) == ["choose/distill-T4-h0.1", "choose/distill-T4-h0.5", "choose/distill-T20-h0.1",
+                          "choose/distill-T20-h0.5"]
+    d = mnist.chosen_distill(grid, sc)
+    assert (d.temperature, d.hard_weight, d.soft_weight) == (4, 0.5, mnist.DISTILL.soft_weight)
+    # Nothing to choose: the recipe's.
+    plain = replace(sc, teacher_options=(), distill_temperatures=())
+    assert mnist.chosen_teacher({}, plain) == "paper" and mnist.chosen_distill({}, plain) == mnist.DISTILL
+    assert not [s for s in mnist.build_stages(plain, 1, {}) if s.kind.startswith("choose_")]

@@ -26,7 +26,7 @@ from darkknowledge.checkpoint import OPTIM_PREFIX, RESUME_FREE, load_into, resum
 from darkknowledge.config import DistillConfig, TrainConfig
 from darkknowledge.data import background_value, channel_stats, pad_for_jitter
 from darkknowledge.device import resolve_device, resolve_precision
-from darkknowledge.errors import INTERRUPTED, DKError
+from darkknowledge.errors import INTERRUPTED, DKError, Diverged
 from darkknowledge.evaluation import errors_from_logits, predict_logits
 from darkknowledge.fused import FusedMLPStep
 from darkknowledge.losses import (
@@ -424,7 +424,7 @@ def fit(
             record.update(grad_norm_max=round(float(norm_max), 4),
                           grad_norm_mean=round(float(norm_sum) / steps_per_epoch, 4), clipped_steps=int(clipped))
         if not math.isfinite(record["loss"]):
-            raise DKError(f"{desc}: training diverged (loss {record['loss']}) in epoch {epoch + 1}; "
+            raise Diverged(f"{desc}: training diverged (loss {record['loss']}) in epoch {epoch + 1}; "
                           f"lower the learning rate (lr {cfg.lr}) or clip the gradient norm "
                           f"(grad_clip {cfg.grad_clip or 'off'})")
         if x_test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):

@@ -7,6 +7,12 @@ the T x width sweep and logit matching. The bias offsets are fitted on a validat
 the training set (never on the test set); the test-optimal offsets are reported beside them, as the
 paper reported its +3.5 and -7.6.
 
+What depends on the data set is chosen on that validation split first, so that the recipes hold on 28x28
+data they never saw: seed 0's teacher is trained without the split once per regularisation option
+(``TEACHER_OPTIONS``) and the option with the fewest validation errors trains every seed's teacher; from
+that teacher, students over the scale's temperatures and hard-label weights choose the pair every
+distilled student uses. A hard-label student trained the same way is the teacher check's baseline there.
+
 Every training run is a stage of ``experiments.runner``: recorded the moment it finishes (done or
 failed, with its error), checkpointed every epoch, resumable with ``--resume``; ``results.json`` and
 ``results.md`` are rewritten after every stage.
@@ -21,9 +27,10 @@ from typing import Any, Callable
 import torch
 
 from darkknowledge.config import DistillConfig, TrainConfig, TransferConfig, packaged_recipe
-from darkknowledge.data import Dataset, load_mnist
+from darkknowledge.data import Dataset, load_mnist, split_validation
 from darkknowledge.device import resolve_device
-from darkknowledge.errors import DKError
+from darkknowledge.errors import DKError, Diverged
+from darkknowledge.evaluation import errors_from_logits, predict_logits
 from darkknowledge.experiments.report import Experiment, fmt_measured, paired_check, relative_to, save_figure, seed_row
 from darkknowledge.experiments.runner import DONE, Stage
 from darkknowledge.models import build_model
@@ -64,6 +71,13 @@ BEYOND_PAPER: dict[str, tuple[str, str, str]] = {
 PAPER_OFFSETS = {"omit3": 3.5, "only78": -7.6}
 SWEEP_WIDTHS_ARCH = {30: "mlp-30x2", 300: "mlp-300x2", 800: "mlp-800x2"}
 SEED_STAGES = ("teacher", "student", "distilled", "omit3", "only78")
+# The teacher's regularisation, chosen on validation: the paper's (dropout 20% / 50% with max-norm, inputs
+# jittered by the scale's pixels), dropout alone, or neither (max-norm kept).
+TEACHER_OPTIONS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "dropout": {"jitter": 0},
+    "none": {"jitter": 0, "arch": "mlp-1200x2-d0-0"},
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,12 @@ class Scale:
     teacher_jitter: int | None = None  # None: the teacher recipe's (the paper's 2 pixels)
     default_seeds: int = 3
     beyond_paper_seeds: int = 1  # the BEYOND_PAPER rows run on the first N seeds (0: not at all)
+    # Chosen on the validation split by seed 0's nets trained on the rest ((): the recipe's, not chosen).
+    teacher_options: tuple[str, ...] = ()  # names in TEACHER_OPTIONS
+    choice_teacher_epochs: int = 0  # those teachers' epochs (0: teacher_epochs)
+    distill_temperatures: tuple[float, ...] = ()  # with distill_hard_weights: the grid of students
+    distill_hard_weights: tuple[float, ...] = ()
+    choice_student_epochs: int = 0  # those students' epochs (0: student_epochs)
 
 
 SCALES: dict[str, Scale] = {
@@ -91,15 +111,19 @@ SCALES: dict[str, Scale] = {
     # machine, fp32, finishes within a 3-hour session.
     "full": Scale(teacher_epochs=150, student_epochs=60, sweep_widths=(30, 300),
                   sweep_temperatures=(1, 2, 2.5, 3, 4, 5, 8, 10, 20), sweep_epochs=8,
-                  matching_temperatures=(2, 5, 20)),
+                  matching_temperatures=(2, 5, 20), teacher_options=("paper", "dropout", "none"),
+                  choice_teacher_epochs=50, distill_temperatures=(4, 8, 20), distill_hard_weights=(0.1, 0.5),
+                  choice_student_epochs=20),
     # Minutes on 2 CPU cores: a 12-epoch teacher jittered by 1 px, 8-epoch students, a 3-epoch sweep.
     "quick": Scale(teacher_epochs=12, student_epochs=8, sweep_widths=(30, 300),
                    sweep_temperatures=(1, 2.5, 4, 20), sweep_epochs=3, matching_temperatures=(20,), default_seeds=3,
-                   teacher_jitter=1, beyond_paper_seeds=0),
+                   teacher_jitter=1, beyond_paper_seeds=0, teacher_options=("paper", "dropout", "none"),
+                   distill_temperatures=(4, 20), distill_hard_weights=(0.1, 0.5)),
     # Seconds: exercises every stage and the results contract on 3,000 images.
     "smoke": Scale(teacher_epochs=1, student_epochs=1, sweep_widths=(30,), batch_size=256,
                    sweep_temperatures=(2.5, 20), sweep_epochs=1, matching_temperatures=(20,), val_size=500,
-                   train_limit=3000, default_seeds=1),
+                   train_limit=3000, default_seeds=1, teacher_options=("paper", "none"), distill_temperatures=(2.5, 20),
+                   distill_hard_weights=(0.1,)),
 }
 
 
@@ -109,9 +133,46 @@ _distilled = packaged_recipe("mnist", "distilled", (TrainConfig, DistillConfig))
 DISTILLED, DISTILL = _distilled[TrainConfig], _distilled[DistillConfig]
 
 
-def teacher_recipe(scale: Scale) -> TrainConfig:
-    """The teacher recipe, with the scale's jitter where it sets one."""
-    return TEACHER if scale.teacher_jitter is None else replace(TEACHER, jitter=scale.teacher_jitter)
+def teacher_recipe(scale: Scale, option: str = "paper") -> TrainConfig:
+    """The teacher recipe, with the scale's jitter where it sets one, and a ``TEACHER_OPTIONS`` regularisation."""
+    cfg = TEACHER if scale.teacher_jitter is None else replace(TEACHER, jitter=scale.teacher_jitter)
+    return replace(cfg, **TEACHER_OPTIONS[option])
+
+
+def teacher_options(scale: Scale) -> tuple[str, ...]:
+    """The regularisations tried on validation; the paper's alone when only the students' settings are chosen."""
+    return scale.teacher_options or (("paper",) if scale.distill_temperatures else ())
+
+
+def distill_grid(scale: Scale) -> list[tuple[float, float]]:
+    """The (temperature, hard-label weight) pairs tried on validation (the recipe's weight if none given)."""
+    return [(float(t), float(h)) for t in scale.distill_temperatures
+            for h in (scale.distill_hard_weights or (DISTILL.hard_weight,))]
+
+
+def _best(inputs: dict[str, Any], kind: str, order: list[Any], key: Callable[[dict[str, Any]], Any]) -> Any:
+    """The ``key`` of the ``kind`` choice result with the fewest validation errors (ties: the earlier in ``order``);
+    an option whose training diverged is never chosen."""
+    results = [r for name, r in inputs.items() if name.startswith(f"choose/{kind}-")]
+    trained = [r for r in results if r["val_errors"] is not None]
+    if not trained:
+        raise DKError(f"every {kind} setting tried on the validation split diverged: "
+                      + "; ".join(r["diverged"] for r in results))
+    return key(min(trained, key=lambda r: (r["val_errors"], order.index(key(r)))))
+
+
+def chosen_teacher(inputs: dict[str, Any], scale: Scale) -> str:
+    """The teacher regularisation the validation split chose ("paper" where none was tried)."""
+    options = teacher_options(scale)
+    return _best(inputs, "teacher", list(options), lambda r: r["option"]) if options else "paper"
+
+
+def chosen_distill(inputs: dict[str, Any], scale: Scale) -> DistillConfig:
+    """The distillation recipe with the temperature and hard-label weight the validation split chose."""
+    if not scale.distill_temperatures:
+        return DISTILL
+    t, h = _best(inputs, "distill", distill_grid(scale), lambda r: (r["temperature"], r["hard_weight"]))
+    return replace(DISTILL, temperature=t, hard_weight=h)
 
 
 def scaled(cfg: TrainConfig, scale: Scale, epochs: int, seed: int, device: str) -> TrainConfig:
@@ -146,17 +207,31 @@ def _cost(arch: str, epochs: int, examples: int) -> float:
 def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     """Every stage of the reproduction: seed by seed (the headline table first), then the sweep."""
     n = sc.train_limit or 60_000
-    stages = []
+    p0 = {**ctx, "seed": 0}
+    # Choices first, on seed 0's split: the teacher's regularisation, then the students' T and hard weight.
+    options = teacher_options(sc)
+    pick_teacher = tuple(f"choose/teacher-{o}" for o in options)
+    pick_distill = tuple(f"choose/distill-T{t:g}-h{h:g}" for t, h in distill_grid(sc))
+    stages = [Stage(name, "choose_teacher", {**p0, "option": o}, (),
+                    _cost(TEACHER.arch, sc.choice_teacher_epochs or sc.teacher_epochs, n - sc.val_size))
+              for name, o in zip(pick_teacher, options)]
+    if options:  # the validation split's hard-label baseline
+        stages.append(Stage("choose/student", "choose_student", p0, (),
+                            _cost(STUDENT.arch, sc.choice_student_epochs or sc.student_epochs, n - sc.val_size)))
+    stages += [Stage(name, "choose_distill", {**p0, "temperature": t, "hard_weight": h}, pick_teacher,
+                     _cost(DISTILLED.arch, sc.choice_student_epochs or sc.student_epochs, n - sc.val_size))
+               for name, (t, h) in zip(pick_distill, distill_grid(sc))]
     for s in range(seeds):
         p = {**ctx, "seed": s}
         t = f"teacher/s{s}"
-        stages += [Stage(t, "teacher", p, cost=_cost(TEACHER.arch, sc.teacher_epochs, n)),
+        uses = (t,) + pick_distill
+        stages += [Stage(t, "teacher", p, pick_teacher, cost=_cost(TEACHER.arch, sc.teacher_epochs, n)),
                    Stage(f"student/s{s}", "student", p, cost=_cost(STUDENT.arch, sc.student_epochs, n)),
-                   Stage(f"distilled/s{s}", "distilled", p, (t,), _cost(DISTILLED.arch, sc.student_epochs, n)),
-                   Stage(f"omit3/s{s}", "omit3", p, (t,), _cost(DISTILLED.arch, sc.student_epochs, 0.9 * n)),
-                   Stage(f"only78/s{s}", "only78", p, (t,), _cost(DISTILLED.arch, sc.student_epochs, 0.2 * n))]
+                   Stage(f"distilled/s{s}", "distilled", p, uses, _cost(DISTILLED.arch, sc.student_epochs, n)),
+                   Stage(f"omit3/s{s}", "omit3", p, uses, _cost(DISTILLED.arch, sc.student_epochs, 0.9 * n)),
+                   Stage(f"only78/s{s}", "only78", p, uses, _cost(DISTILLED.arch, sc.student_epochs, 0.2 * n))]
         if s < sc.beyond_paper_seeds:
-            stages.append(Stage(f"distilled-jittered/s{s}", "distilled_jittered", p, (t,),
+            stages.append(Stage(f"distilled-jittered/s{s}", "distilled_jittered", p, uses,
                                 _cost(DISTILLED.arch, sc.student_epochs, 1.1 * n)))
     p = {**ctx, "seed": 0}
     for width in sc.sweep_widths:
@@ -185,29 +260,35 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     out = Path(p["out"])
     data = load_data_for(p["data_dir"], sc, resolve_device(device))
     ckpt = out / "models" / stage.name.replace("/", "__")
+    if stage.kind.startswith("choose_"):
+        return _choose(stage, inputs, data, ckpt)
     if stage.kind == "teacher":
-        cfg = scaled(teacher_recipe(sc), sc, sc.teacher_epochs, seed, device)
+        option = chosen_teacher(inputs, sc)
+        cfg = scaled(teacher_recipe(sc, option), sc, sc.teacher_epochs, seed, device)
         teacher_dir = out / "teachers" / f"seed{seed}"
         return {**_summary(train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress)),
-                "checkpoint": relative_to(out, teacher_dir)}
+                "option": option, "checkpoint": relative_to(out, teacher_dir)}
     if stage.kind == "student":
         cfg = scaled(STUDENT, sc, sc.student_epochs, seed, device)
         return _summary(train("student", data, cfg, out=ckpt, resume=True, progress=progress))
-    (teacher_result,) = inputs.values()
-    teacher = Teacher.from_checkpoints([out / teacher_result["checkpoint"]], device=resolve_device(device),
-                                       cache_dir=out / "cache")
+    teacher = Teacher.from_checkpoints([out / inputs[f"teacher/s{seed}"]["checkpoint"]],
+                                       device=resolve_device(device), cache_dir=out / "cache")
     cfg = scaled(DISTILLED, sc, sc.student_epochs, seed, device)
+    if stage.kind in ("distilled", "distilled_jittered", "omit3", "only78"):  # with the chosen T and hard weight
+        dcfg = chosen_distill(inputs, sc)
+        chosen = {"temperature": dcfg.temperature, "hard_weight": dcfg.hard_weight}
     if stage.kind == "distilled":
-        return _summary(distill("distilled", data, teacher, cfg, DISTILL, out=ckpt, resume=True, progress=progress))
+        return {**_summary(distill("distilled", data, teacher, cfg, dcfg, out=ckpt, resume=True, progress=progress)),
+                **chosen}
     if stage.kind == "distilled_jittered":  # beyond the paper
         k = teacher_recipe(sc).jitter
-        return _summary(distill(stage.name, data, teacher, cfg, DISTILL, TransferConfig(jitter_views=k), out=ckpt,
-                                resume=True, progress=progress))
+        return {**_summary(distill(stage.name, data, teacher, cfg, dcfg, TransferConfig(jitter_views=k), out=ckpt,
+                                   resume=True, progress=progress)), **chosen}
     if stage.kind in ("omit3", "only78"):
         classes, only = ((3,), False) if stage.kind == "omit3" else ((7, 8), True)
-        r, fix = distill_with_bias_fix(stage.kind, data, teacher, cfg, DISTILL, classes, only=only,
+        r, fix = distill_with_bias_fix(stage.kind, data, teacher, cfg, dcfg, classes, only=only,
                                        val_size=sc.val_size, out=ckpt, resume=True, progress=progress)
-        return {**_summary(r), **fix}
+        return {**_summary(r), **fix, **chosen}
     cfg = scaled(DISTILLED, sc, sc.sweep_epochs, seed, device)
     if stage.kind == "sweep":
         cfg = replace(cfg, arch=SWEEP_WIDTHS_ARCH[p["width"]])
@@ -222,6 +303,46 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
                     resume=True, progress=progress)
         return {"method": "soft targets", "temperature": float(p["temperature"]), **_summary(r)}
     raise DKError(f"unknown stage kind {stage.kind!r}")
+
+
+def _choose(stage: Stage, inputs: dict[str, Any], data: Dataset, ckpt: Path) -> dict[str, Any]:
+    """A choice stage: seed 0's net trained without the validation split, and its errors there."""
+    p = stage.params
+    sc, device, progress = p["scale"], p["device"], p["progress"]
+    x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
+    epochs = sc.choice_student_epochs or sc.student_epochs
+    try:
+        r, extra = _choice_run(stage, inputs, data, ckpt, x_rest, y_rest, epochs)
+    except Diverged as e:  # a setting that does not train on this data: recorded, never chosen
+        return {**{k: p[k] for k in ("option", "temperature", "hard_weight") if k in p}, "val_errors": None,
+                "val_size": len(y_val), "diverged": str(e)}
+    val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
+    return {**_summary(r), **extra, "val_errors": val["errors"], "val_size": len(y_val)}
+
+
+def _choice_run(stage: Stage, inputs: dict[str, Any], data: Dataset, ckpt: Path, x_rest: torch.Tensor,
+                y_rest: torch.Tensor, epochs: int) -> tuple[Result, dict[str, Any]]:
+    p = stage.params
+    sc, device, progress = p["scale"], p["device"], p["progress"]
+    if stage.kind == "choose_teacher":
+        cfg = scaled(teacher_recipe(sc, p["option"]), sc, sc.choice_teacher_epochs or sc.teacher_epochs, 0, device)
+        r = train(stage.name, data, cfg, out=ckpt, resume=True, progress=progress, transfer=(x_rest, y_rest))
+        extra = {"option": p["option"], "checkpoint": relative_to(Path(p["out"]), ckpt)}
+    elif stage.kind == "choose_student":
+        cfg = scaled(STUDENT, sc, epochs, 0, device)
+        r = train(stage.name, data, cfg, out=ckpt, resume=True, progress=progress, transfer=(x_rest, y_rest))
+        extra = {}
+    elif stage.kind == "choose_distill":
+        option = chosen_teacher(inputs, sc)
+        teacher = Teacher.from_checkpoints([Path(p["out"]) / inputs[f"choose/teacher-{option}"]["checkpoint"]],
+                                           device=resolve_device(device), cache_dir=Path(p["out"]) / "cache")
+        dcfg = replace(DISTILL, temperature=p["temperature"], hard_weight=p["hard_weight"])
+        r = distill(stage.name, data, teacher, scaled(DISTILLED, sc, epochs, 0, device), dcfg, out=ckpt, resume=True,
+                    progress=progress, transfer=(x_rest, y_rest))
+        extra = {"teacher_option": option, "temperature": p["temperature"], "hard_weight": p["hard_weight"]}
+    else:
+        raise DKError(f"unknown stage kind {stage.kind!r}")
+    return r, extra
 
 
 # ---- results ------------------------------------------------------------------------------------------
@@ -251,17 +372,52 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                 for s in by_kind.get("match_logits", []) + by_kind.get("match_soft", []) if s.name in done]
     pairs = [(done[f"teacher/s{s}"], done[f"student/s{s}"]) for s in range(seeds)
              if f"teacher/s{s}" in done and f"student/s{s}" in done]
-    check = paired_check("teacher", "hard-label student", "test", [t["test_errors"] for t, _ in pairs],
-                         [b["test_errors"] for _, b in pairs], pairs[0][0]["test_size"] if pairs else 0, "teacher",
-                         "the teacher trains on all the training images, as in the paper, so no split is held out "
-                         "of it: compared on the test split, seed by seed (reported, not used to choose anything)")
+    checks = [paired_check("teacher", "hard-label student", "test", [t["test_errors"] for t, _ in pairs],
+                           [b["test_errors"] for _, b in pairs], pairs[0][0]["test_size"] if pairs else 0, "teacher",
+                           "the teacher trains on all the training images, as in the paper, so no split is held out "
+                           "of it: compared on the test split, seed by seed (reported, not used to choose anything)")]
+    choices = _choices(stages, done, sc)
+    teacher, student = choices["teacher"].get("chosen"), choices["teacher"].get("student_val_errors")
+    if teacher is not None and student is not None:
+        val = next(o for o in choices["teacher"]["options"] if o["option"] == teacher)
+        checks.insert(0, paired_check(f"teacher ({teacher} regularisation)", "hard-label student", "validation",
+                                      [val["val_errors"]], [student], val["val_size"], "teacher",
+                                      "seed 0's nets trained without the validation split, as the choices were made"))
     return {"rows": rows, "beyond_paper_rows": beyond, "bias_offsets": offsets, "sweep": sweep,
-            "logit_matching": matching, "per_class_errors": per_class, "teacher_check": [check] if check else []}
+            "logit_matching": matching, "per_class_errors": per_class, "choices": choices,
+            "teacher_check": [c for c in checks if c]}
+
+
+def _choices(stages: list[Stage], done: dict[str, dict[str, Any]], sc: Scale) -> dict[str, Any]:
+    """What the validation split chose, and every option it weighed (validation and, for reference, test errors)."""
+    def tried(kind: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [{**{k: done[s.name][k] for k in keys}, "val_errors": done[s.name]["val_errors"],
+                 "val_size": done[s.name]["val_size"], "test_errors": done[s.name].get("test_errors"),
+                 **({"diverged": done[s.name]["diverged"]} if "diverged" in done[s.name] else {})}
+                for s in stages if s.kind == kind and s.name in done]
+
+    teacher: dict[str, Any] = {"options": tried("choose_teacher", ("option",))}
+    distill_: dict[str, Any] = {"grid": tried("choose_distill", ("temperature", "hard_weight"))}
+    if "choose/student" in done:
+        teacher["student_val_errors"] = done["choose/student"]["val_errors"]
+    def all_done(kind: str) -> dict[str, dict[str, Any]]:  # a choice is made once all its options ran
+        names = [s.name for s in stages if s.kind == kind]
+        return {n: done[n] for n in names} if names and all(n in done for n in names) else {}
+
+    def trained(results: dict[str, dict[str, Any]]) -> bool:  # ran, and one option did not diverge
+        return any(r["val_errors"] is not None for r in results.values())
+
+    if trained(options := all_done("choose_teacher")):
+        teacher["chosen"] = chosen_teacher(options, sc)
+    if trained(grid := all_done("choose_distill")):
+        d = chosen_distill(grid, sc)
+        distill_["chosen"] = {"temperature": d.temperature, "hard_weight": d.hard_weight}
+    return {"teacher": teacher, "distill": distill_}
 
 
 def markdown(results: dict[str, Any]) -> list[str]:
     """The sections after the paper-vs-measured rows: beyond-the-paper rows, bias offsets, sweep, matching."""
-    lines: list[str] = []
+    lines = _choices_markdown(results.get("choices", {}))
     if results.get("beyond_paper_rows"):
         faithful = {r["experiment"]: r for r in results["rows"]}
         lines += ["", "Beyond the paper (extra rows; the faithful rows above are the ones that count):", "",
@@ -287,6 +443,30 @@ def markdown(results: dict[str, Any]) -> list[str]:
         for m in results["logit_matching"]:
             lines.append(f"| {m['method']} | {m['temperature'] if m['temperature'] is not None else '-'} | "
                          f"{m['test_errors']} |")
+    return lines
+
+
+def _val(option: dict[str, Any]) -> str:
+    return "diverged" if option["val_errors"] is None else str(option["val_errors"])
+
+
+def _choices_markdown(choices: dict[str, Any]) -> list[str]:
+    """What the validation split chose for this data set, with every option it weighed."""
+    teacher, distill_ = choices.get("teacher", {}), choices.get("distill", {})
+    if not teacher.get("options") and not distill_.get("grid"):
+        return []
+    lines = ["", "Chosen on the validation split (seed 0's nets trained without it; test errors for reference only):",
+             "", "| choice | option | validation errors | test errors | chosen |", "|---|---|---|---|---|"]
+    for o in teacher.get("options", []):
+        lines.append(f"| teacher regularisation | {o['option']} | {_val(o)} | {o['test_errors'] or ''} | "
+                     f"{'yes' if o['option'] == teacher.get('chosen') else ''} |")
+    if "student_val_errors" in teacher:
+        lines.append(f"| (baseline) | hard-label student | {teacher['student_val_errors']} | | |")
+    chosen = distill_.get("chosen", {})
+    for g in distill_.get("grid", []):
+        pick = g["temperature"] == chosen.get("temperature") and g["hard_weight"] == chosen.get("hard_weight")
+        lines.append(f"| distillation | T {g['temperature']:g}, hard weight {g['hard_weight']:g} | {_val(g)} | "
+                     f"{g['test_errors'] or ''} | {'yes' if pick else ''} |")
     return lines
 
 
@@ -330,4 +510,8 @@ EXPERIMENT = Experiment(
     check_data=lambda data_dir, sc: load_data_for(data_dir, sc, torch.device("cpu")),
     stages=build_stages, run_stage=run_stage, summarise=summarise, markdown=markdown, plots=plots,
     precision=TEACHER.precision,
-    configs=lambda sc: {"teacher": teacher_recipe(sc), "student": STUDENT, "distilled": DISTILLED, "distill": DISTILL})
+    configs=lambda sc: {"teacher": teacher_recipe(sc), "student": STUDENT, "distilled": DISTILLED, "distill": DISTILL},
+    # Changing what the validation split weighs re-runs the choice and everything made from it on --resume.
+    owners={"scale.teacher_options": ("choose_teacher",), "scale.choice_teacher_epochs": ("choose_teacher",),
+            "scale.distill_temperatures": ("choose_distill",), "scale.distill_hard_weights": ("choose_distill",),
+            "scale.choice_student_epochs": ("choose_student", "choose_distill")})
