@@ -78,6 +78,8 @@ def main() -> None:
     payload = {"benchmark": "robustness", "scale": args.scale, "command": "dk reproduce mnist",
                "ordering": "teacher < hard-label student and distilled < hard-label student, test errors, per seed",
                **environment(torch.device(args.device)), "sets": []}
+    if args.resume and out.is_file():  # keep the rows of sets this invocation does not run
+        payload["sets"] = json.loads(out.read_text()).get("sets", [])
 
     def save() -> None:
         tmp = out.with_suffix(".tmp")
