@@ -12,13 +12,20 @@ Sources (``load_data``):
     ``cifar10:DIR``    the CIFAR-10 pickles in ``DIR/cifar-10-batches-py`` (or ``DIR`` itself).
     ``cifar100:DIR``   the CIFAR-100 pickles in ``DIR/cifar-100-python`` (or ``DIR``), fine labels.
     ``mnist:DIR``      MNIST only, even where CIFAR lies beside it.
+    ``folder:DIR``     torchvision's ImageFolder layout: ``DIR/train/CLASS/*`` and ``DIR/test/CLASS/*`` (or
+                       ``DIR/val/CLASS/*``), PNG or JPEG; ``folder:DIR@32`` or ``@32x48`` (width x height)
+                       resizes every image. Decoded once with Pillow, cached in ``DIR/.dk-cache``.
     a ``.npz`` file    arrays ``x_train, y_train, x_test, y_test`` (images ``[N, ...]``, integer labels).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,6 +174,8 @@ def load_data(source: str) -> Dataset:
     kind, sep, rest = source.partition(":")
     if sep and kind in ("cifar10", "cifar100", "mnist"):
         return load_mnist(rest) if kind == "mnist" else load_cifar(rest, kind)
+    if sep and kind == "folder":
+        return load_folder(*_folder_spec(rest))
     path = Path(source)
     if path.suffix == ".npz":
         if not path.is_file():
@@ -179,7 +188,7 @@ def load_data(source: str) -> Dataset:
         raise DKError(f"{path} holds neither MNIST IDX files nor CIFAR pickles (lay them out with "
                       "`python ../shared/tools/datasets.py install DIR`)")
     raise DKError(f"data source {source!r} is neither 'digits', an existing data directory, "
-                  "cifar10:DIR, cifar100:DIR, mnist:DIR nor a .npz file")
+                  "cifar10:DIR, cifar100:DIR, mnist:DIR, folder:DIR nor a .npz file")
 
 
 def _has_mnist(root: Path) -> bool:
@@ -283,6 +292,132 @@ def load_cifar(root: str | Path, kind: str = "cifar10") -> Dataset:
         coarse_of = tuple(int(c) for c in table)
     data = from_arrays(kind, x_train, y_train, x_test, y_test, scale=None)
     return replace(data, class_names=_names(names), coarse_of_class=coarse_of, coarse_names=_names(coarse_names))
+
+
+# ---- image folders (torchvision's ImageFolder layout) ------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FOLDER_CACHE = ".dk-cache"
+_FOLDER_FORMAT = 1  # bump when the cached arrays change meaning
+
+
+def _folder_spec(rest: str) -> tuple[str, tuple[int, int] | None]:
+    """``DIR``, ``DIR@32`` or ``DIR@32x48`` -> (DIR, (width, height) or None)."""
+    m = re.fullmatch(r"(.+)@([1-9]\d{0,4})(?:x([1-9]\d{0,4}))?", rest)
+    if not m:
+        if "@" in rest and not Path(rest).exists():
+            raise DKError(f"folder:{rest}: the size after '@' must be WIDTH or WIDTHxHEIGHT in pixels, e.g. @32")
+        return rest, None
+    width = int(m.group(2))
+    return m.group(1), (width, int(m.group(3) or width))
+
+
+def _folder_files(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class names (sorted sub-directories, as ImageFolder) and every (image, label) of one split."""
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise DKError(f"{split_dir} holds no class folders (expected {split_dir}/CLASS/*.png or .jpg)")
+    names = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise DKError(f"{split_dir} has classes the training split lacks: {', '.join(unknown[:5])}")
+    files = []
+    for c in found:
+        images = sorted(f for f in (split_dir / c).iterdir()
+                        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        if not images:
+            raise DKError(f"class folder {split_dir / c} holds no PNG or JPEG images")
+        files += [(f, names.index(c)) for f in images]
+    return names, files
+
+
+def _decode(files: list[tuple[Path, int]], size: tuple[int, int] | None, grey: bool) -> np.ndarray:
+    """The images as uint8 ``[N, H, W]`` (grey) or ``[N, 3, H, W]``, resized to ``size`` if given."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    out, shape = [], None
+    for path, _ in tqdm(files, desc="decoding images", unit="img", disable=len(files) < 2000, leave=False):
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if grey else "RGB")
+                if size is not None and im.size != size:
+                    im = im.resize(size, Image.Resampling.LANCZOS)
+                a = np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DKError(f"cannot decode image {path}: {e}") from None
+        if shape is None:
+            shape, first = a.shape, path
+        elif a.shape != shape:
+            raise DKError(f"images differ in size: {first} is {shape[1]}x{shape[0]}, {path} is {a.shape[1]}x{a.shape[0]}"
+                          f"; resize them all with folder:DIR@WIDTHxHEIGHT")
+        out.append(a if grey else a.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def _is_grey(files: list[tuple[Path, int]]) -> bool:
+    """True when every image is stored in a grey mode (decoded to one channel, as MNIST), else colour."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path, _ in files:
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("1", "L", "LA", "I", "I;16"):
+                    return False
+        except (UnidentifiedImageError, OSError) as e:
+            raise DKError(f"cannot decode image {path}: {e}") from None
+    return True
+
+
+def load_folder(root: str | Path, size: tuple[int, int] | None = None) -> Dataset:
+    """Images in torchvision's ImageFolder layout: ``root/train/CLASS/*`` and ``root/test/CLASS/*`` (else
+    ``root/val/CLASS/*``), PNG or JPEG; labels are the classes' indices in sorted order (their names kept).
+
+    Grey images become float32 ``[N, H, W]`` in [0, 1] (as MNIST), colour ones uint8 ``[N, 3, H, W]`` (as
+    CIFAR); all must share one size unless ``size`` (width, height) resizes them. The decoded arrays are
+    cached in ``root/.dk-cache``, keyed by every file's path, size and modification time and by ``size``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DKError(f"image folder {root} does not exist")
+    if not (root / "train").is_dir():
+        raise DKError(f"image folder {root} has no train/ sub-folder (expected {root}/train/CLASS/*.png)")
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if test_dir is None:
+        raise DKError(f"image folder {root} has neither test/ nor val/ beside train/")
+    names, train_files = _folder_files(root / "train", None)
+    _, test_files = _folder_files(test_dir, names)
+    stamp = hashlib.sha256(json.dumps([_FOLDER_FORMAT, size, [
+        (str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f, _ in train_files + test_files]]
+    ).encode()).hexdigest()[:16]
+    cache = root / FOLDER_CACHE / f"{stamp}.npz"
+    try:
+        with np.load(cache, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        grey = _is_grey(train_files + test_files)
+        arrays = {"x_train": _decode(train_files, size, grey), "y_train": np.array([y for _, y in train_files]),
+                  "x_test": _decode(test_files, size, grey), "y_test": np.array([y for _, y in test_files])}
+        if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+            raise DKError(f"{root}: train images {arrays['x_train'].shape[1:]} and test images "
+                          f"{arrays['x_test'].shape[1:]} differ in size; resize them with folder:DIR@WIDTHxHEIGHT")
+        _save_cache(cache, arrays)
+    grey = arrays["x_train"].ndim == 3
+    data = from_arrays(root.name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                       scale=255.0 if grey else None)
+    return replace(data, num_classes=len(names), class_names=tuple(names))
+
+
+def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the decoded arrays atomically; a folder that cannot be written to is simply not cached."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(path)
+    except OSError:
+        return
 
 
 def _names(names) -> tuple[str, ...]:
