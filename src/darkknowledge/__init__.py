@@ -1,5 +1,6 @@
 """darkknowledge: knowledge distillation as in Hinton, Vinyals & Dean (2015), arXiv:1503.02531."""
 
+from darkknowledge.api import Report, distill, train
 from darkknowledge.errors import DKError
 from darkknowledge.losses import distillation_loss, ensemble_probs, logit_matching_loss, soften
 from darkknowledge.models import ARCHITECTURES, MLP, build_model
@@ -8,6 +9,6 @@ from darkknowledge.teachers import Teacher
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURES", "DKError", "MLP", "Teacher", "build_model", "distillation_loss", "ensemble_probs",
-    "logit_matching_loss", "soften", "__version__",
+    "ARCHITECTURES", "DKError", "MLP", "Report", "Teacher", "build_model", "distill", "distillation_loss",
+    "ensemble_probs", "logit_matching_loss", "soften", "train", "__version__",
 ]

@@ -382,7 +382,9 @@ def build_model(arch: str, in_shape: int | tuple[int, ...], num_classes: int) ->
     if arch.startswith(CUSTOM_PREFIX):
         raise DKError(f"{arch!r} is a user's own module: build it in Python and pass it to fit / Teacher")
     shape = (in_shape,) if isinstance(in_shape, int) else tuple(int(d) for d in in_shape)
-    return arch_builder(arch)(shape, num_classes)
+    model = arch_builder(arch)(shape, num_classes)
+    model.dk_arch = arch  # what it was built from: ``api`` passes a built module on under its own name
+    return model
 
 
 def apply_constraints(model: nn.Module) -> None:

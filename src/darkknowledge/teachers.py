@@ -141,7 +141,10 @@ def check_model_fits(model: nn.Module, num_classes: int, data: "Dataset", what: 
 
 
 def output_size(model: nn.Module) -> int:
-    """Output size of a classifier: its last linear layer's."""
+    """Output size of a classifier: what it says (``output_classes``, a user's module wrapped by ``api``), else
+    its last linear layer's."""
+    if isinstance(getattr(model, "output_classes", None), int):
+        return model.output_classes
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise DKError("cannot tell the teacher's class count (no linear output layer)")

@@ -61,13 +61,15 @@ def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objec
                      out: str | Path | None = None, resume: bool = False, progress: bool = True,
                      meta: dict[str, Any] | None = None,
                      train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     curve: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
-    """Build ``cfg.arch``, fit it to ``objective`` over inputs ``x``, and evaluate it on the test split
-    (and, every evaluated epoch, on ``train_eval``'s examples too, if given). The per-epoch test errors
-    are measured on ``curve``'s examples if given (e.g. a sample of the test split), the final on all."""
+                     curve: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     model: nn.Module | None = None) -> Result:
+    """Build ``cfg.arch`` (or take ``model``, a user's own module), fit it to ``objective`` over inputs ``x``,
+    and evaluate it on the test split (and, every evaluated epoch, on ``train_eval``'s examples too, if given).
+    The per-epoch test errors are measured on ``curve``'s examples if given (e.g. a sample of the test
+    split), the final on all."""
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    model = new_model(cfg, data.in_shape, data.num_classes)
+    model = model if model is not None else new_model(cfg, data.in_shape, data.num_classes)
     x_tr, y_tr = train_eval if train_eval is not None else (None, None)
     x_c, y_c = curve if curve is not None else (data.x_test, data.y_test)
     history = fit(model, x, objective, cfg, x_test=x_c, y_test=y_c, x_train_eval=x_tr,
@@ -82,10 +84,11 @@ def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = N
           progress: bool = True, meta: dict[str, Any] | None = None,
           transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
           train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
-          curve: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
-    """Hard-label training of ``cfg.arch`` on the training split (or on ``transfer``)."""
+          curve: tuple[torch.Tensor, torch.Tensor] | None = None, model: nn.Module | None = None) -> Result:
+    """Hard-label training of ``cfg.arch`` (or of ``model``) on the training split (or on ``transfer``)."""
     x, y = transfer if transfer is not None else (data.x_train, data.y_train)
-    return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta, train_eval, curve)
+    return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta, train_eval, curve,
+                            model)
 
 
 def student_bank(x: torch.Tensor, cfg: TrainConfig, tcfg: TransferConfig) -> tuple[TrainConfig, ViewBank | None]:
@@ -109,8 +112,8 @@ def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dc
             progress: bool = True, meta: dict[str, Any] | None = None,
             transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
             train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
-            curve: tuple[torch.Tensor, torch.Tensor] | None = None) -> Result:
-    """Train ``cfg.arch`` on the teacher's soft targets at ``dcfg.temperature`` over the transfer set.
+            curve: tuple[torch.Tensor, torch.Tensor] | None = None, model: nn.Module | None = None) -> Result:
+    """Train ``cfg.arch`` (or ``model``) on the teacher's soft targets at ``dcfg.temperature`` over the transfer set.
 
     The teacher is any ``teachers.TeacherLike``: one model, an ensemble, a generalist with its specialists.
     The transfer set is the training split filtered by ``tcfg``, unless ``transfer`` gives it directly; with a
@@ -132,7 +135,7 @@ def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dc
     meta = {"distill_config": dataclasses.asdict(dcfg), "transfer_config": dataclasses.asdict(tcfg),
             "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine,
             **(meta or {})}
-    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval, curve)
+    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval, curve, model)
 
 
 def check_teacher(teacher: TeacherLike, baseline: nn.Module, x: torch.Tensor, y: torch.Tensor,
