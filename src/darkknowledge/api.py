@@ -239,19 +239,21 @@ def _report(result: workflows.Result, data: Dataset, settings: dict[str, Any],
 
 
 def train(model: nn.Module | str, data: Any, *, epochs: int = 10, val_size: int = 0, out: str | Path | None = None,
-          resume: bool = False, progress: bool = True, **settings: Any) -> tuple[nn.Module, Report]:
+          resume: bool = False, progress: bool = True, tensorboard: str | Path | None = None,
+          **settings: Any) -> tuple[nn.Module, Report]:
     """Train ``model`` (a module, trained in place, or a registry name) on hard labels.
 
     ``settings`` are ``TrainConfig`` fields (``lr``, ``batch_size``, ``jitter``, ``flip``, ``device``,
     ``precision``, ...); ``val_size`` images are held out of the training split (seeded by ``seed``), so a
     later ``distill(..., val_size=...)`` can check this model against its teacher on images neither learnt.
-    Returns the trained module and its ``Report``.
+    ``tensorboard``: every epoch's metrics also as TensorBoard event files there (``logs``). Returns the trained module and its ``Report``.
     """
     ds = as_dataset(data, settings.get("seed", 0))
     module, given, cfg = _student(model, ds, {"epochs": epochs, **settings})
     ds, _ = _split(ds, val_size, cfg.seed)
     result = workflows.train(cfg.arch, ds, cfg, out=out, resume=resume, progress=progress,
-                             meta={"command": "api.train", "val_size": val_size}, model=module)
+                             meta={"command": "api.train", "val_size": val_size}, model=module,
+                             tensorboard=tensorboard)
     report = _report(result, ds, {"train": dataclasses.asdict(cfg), "val_size": val_size}, None)
     return (given if given is not None else result.model), report
 
@@ -260,7 +262,7 @@ def distill(teacher: Any, student: nn.Module | str, data: Any, *, temperature: f
             hard_weight: float = 0.0, soft_weight: float = 1.0, combine: str = "arithmetic", views: int = 0,
             mixup: float = 0.0, baseline: nn.Module | str | Path | None = None, val_size: int = 0,
             cache_dir: str | Path | None = None, out: str | Path | None = None, resume: bool = False,
-            progress: bool = True, **settings: Any) -> tuple[nn.Module, Report]:
+            progress: bool = True, tensorboard: str | Path | None = None, **settings: Any) -> tuple[nn.Module, Report]:
     """Train ``student`` on ``teacher``'s soft targets at ``temperature`` (paper section 2) over ``data``'s
     training split.
 
@@ -270,7 +272,8 @@ def distill(teacher: Any, student: nn.Module | str, data: Any, *, temperature: f
     in pairs (Beyer et al. 2022; needs ``hard_weight`` 0). ``baseline``: a module or checkpoint trained on hard
     labels; the teacher is compared with it on the ``val_size`` images held out of the training split (on the
     test split without one: reported, never used to choose), a warning when the teacher is no better.
-    ``cache_dir``: the teacher's outputs also cached on disk there. ``settings`` as for ``train``.
+    ``cache_dir``: the teacher's outputs also cached on disk there. ``settings`` and ``tensorboard`` as for
+    ``train`` (the log also holds ``teacher/seconds``, what the teacher's targets cost).
     Returns the trained student and its ``Report``.
     """
     ds = as_dataset(data, settings.get("seed", 0))
@@ -290,7 +293,7 @@ def distill(teacher: Any, student: nn.Module | str, data: Any, *, temperature: f
             warnings.warn(check["warning"], stacklevel=2)
     result = workflows.distill(f"distilled-{cfg.arch}", ds, tch, cfg, dcfg, tcfg, out=out, resume=resume,
                                progress=progress, meta={"command": "api.distill", "val_size": val_size},
-                               model=module)
+                               model=module, tensorboard=tensorboard)
     settings_out = {"train": dataclasses.asdict(cfg), "distill": dataclasses.asdict(dcfg),
                     "transfer": dataclasses.asdict(tcfg), "combine": combine, "val_size": val_size}
     return (given if given is not None else result.model), _report(result, ds, settings_out, check)

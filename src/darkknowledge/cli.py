@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_out(out, args.resume, args.overwrite)
     data, _ = load_split(run.data, run.val_size)
     result = train(cfg.arch, data, cfg, out=out, resume=args.resume, progress=not args.no_progress,
-                   meta={"val_size": run.val_size})
+                   meta={"val_size": run.val_size}, tensorboard=run.tensorboard or None)
     print_table([_result_row(result)], COLUMNS)
     print(f"checkpoint: {out}  summary: {_write_summary(out, [result], {'command': 'train'})}")
     return 0
@@ -137,8 +137,13 @@ def _train_members(args: argparse.Namespace, cfg: TrainConfig, run: RunConfig) -
     for i in range(args.members):
         _check_out(out / f"member{i}", args.resume, args.overwrite)
     data, _ = load_split(run.data, run.val_size)  # fail fast on bad data, before any member starts
+    if run.tensorboard:
+        from darkknowledge.logs import check_available
+
+        check_available()
     outcomes = train_members(run.data, cfg, args.members, out, executor=args.executor, workers=args.workers,
                              address=args.address, val_size=run.val_size, progress=not args.no_progress,
+                             tensorboard=run.tensorboard,
                              log=lambda m: print(m, file=sys.stderr))
     rows = [{"model": f"member{i}", "seed": cfg.seed + i,
              **({"test_errors": o.value["test_errors"], "test_size": o.value["test_size"],
@@ -196,7 +201,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if check["warning"]:
             print(f"warning: {check['warning']}", file=sys.stderr)
     result = distill(f"distilled-{cfg.arch}", data, teacher, cfg, dcfg, tcfg, out=out, resume=args.resume,
-                     progress=not args.no_progress, meta={"teachers": list(tch.teachers), "val_size": run.val_size})
+                     progress=not args.no_progress, meta={"teachers": list(tch.teachers), "val_size": run.val_size},
+                     tensorboard=run.tensorboard or None)
     print_table([_result_row(result)], COLUMNS)
     print(f"checkpoint: {out}  summary: {_write_summary(out, [result], extra)}")
     return 0

@@ -177,6 +177,8 @@ class RunConfig:
     cache_dir: str = _help("directory for cached teacher logits ('' to keep them in memory only)", ".cache/darkknowledge")
     val_size: int = _help("training images carved off (seeded) as a validation split; models train on the rest "
                           "(distill: give the teachers' own value; the teacher check then runs on it)", 0)
+    tensorboard: str = _help("also write every epoch's metrics as TensorBoard event files into this directory "
+                             "(needs the tensorboard package; '' : none)", "")
 
     def __post_init__(self) -> None:
         _non_negative(self, "val_size")

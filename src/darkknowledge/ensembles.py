@@ -38,6 +38,7 @@ class MemberTask:
     limit: int = 0  # the first N training images of a seeded shuffle (0: all)
     progress: bool = False
     record_split: bool = False  # write val_size into the checkpoint (what ``dk distill --val-size`` checks)
+    tensorboard: str = ""  # TensorBoard event files of this member's epochs ('' : none)
 
 
 def member_task(task: MemberTask) -> dict[str, Any]:
@@ -50,7 +51,8 @@ def member_task(task: MemberTask) -> dict[str, Any]:
     atomic_write_json(out / "worker.json", {"pid": os.getpid(), "host": socket.gethostname()})
     data, _ = load_split(task.data, task.val_size, task.limit)
     result = train(task.name, data, task.config, out=out, resume=True, progress=task.progress,
-                   meta={"val_size": task.val_size} if task.record_split else None)
+                   meta={"val_size": task.val_size} if task.record_split else None,
+                   tensorboard=task.tensorboard or None)
     return {"name": task.name, "out": str(out), "seed": task.config.seed, "test_errors": result.test["errors"],
             "test_size": result.test["test_size"], "accuracy": result.test["accuracy"],
             "epochs": len(result.history), "seconds": round(result.seconds, 2),
@@ -60,23 +62,26 @@ def member_task(task: MemberTask) -> dict[str, Any]:
 
 def member_tasks(source: str, cfg: TrainConfig, members: int, out: str | Path, *, val_size: int = 0,
                  limit: int = 0, progress: bool = False, first_seed: int | None = None,
-                 record_split: bool = False) -> list[MemberTask]:
-    """One task per member: seeds ``first_seed`` (default ``cfg.seed``) onwards, into ``OUT/member{i}``."""
+                 record_split: bool = False, tensorboard: str = "") -> list[MemberTask]:
+    """One task per member: seeds ``first_seed`` (default ``cfg.seed``) onwards, into ``OUT/member{i}`` (and
+    their TensorBoard logs, if asked, into ``TENSORBOARD/member{i}``)."""
     if members < 1:
         raise DKError(f"members must be >= 1, got {members}")
     base = cfg.seed if first_seed is None else first_seed
     return [MemberTask(source, replace(cfg, seed=base + i), str(Path(out) / f"member{i}"), f"member{i}",
-                       val_size, limit, progress, record_split) for i in range(members)]
+                       val_size, limit, progress, record_split,
+                       str(Path(tensorboard) / f"member{i}") if tensorboard else "") for i in range(members)]
 
 
 def train_members(source: str, cfg: TrainConfig, members: int, out: str | Path, *, executor: str = "local",
                   workers: int = 1, address: str | None = None, cpus_per_task: float = 1.0,
                   gpus_per_task: float = 0.0, val_size: int = 0, limit: int = 0, progress: bool = True,
-                  log: Callable[[str], None] = print) -> list[Outcome]:
+                  log: Callable[[str], None] = print, tensorboard: str = "") -> list[Outcome]:
     """Train ``members`` members of ``cfg`` through ``executor``; ``OUT/ensemble.json`` is rewritten as each ends."""
     out = Path(out)
     tasks = member_tasks(source, cfg, members, out, val_size=val_size, limit=limit,
-                         progress=progress and executor == "local" and workers == 1, record_split=True)
+                         progress=progress and executor == "local" and workers == 1, record_split=True,
+                         tensorboard=tensorboard)
     status: list[dict[str, Any]] = [{"name": t.name, "out": t.out, "seed": t.config.seed, "status": "pending"}
                                     for t in tasks]
 

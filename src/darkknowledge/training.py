@@ -29,6 +29,7 @@ from darkknowledge.device import resolve_device, resolve_precision
 from darkknowledge.errors import INTERRUPTED, DKError, Diverged
 from darkknowledge.evaluation import errors_from_logits, predict_logits
 from darkknowledge.fused import FusedMLPStep
+from darkknowledge.logs import TensorBoardLog
 from darkknowledge.losses import (
     distillation_loss,
     distillation_loss_and_grad,
@@ -295,6 +296,7 @@ def fit(
     progress: bool = True,
     sampler: "Sampler | None" = None,
     calibrate: bool = True,
+    tensorboard: "str | Path | TensorBoardLog | None" = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on inputs ``x [N, H, W]`` against ``objective`` for ``cfg.epochs`` epochs.
 
@@ -320,6 +322,8 @@ def fit(
             ``sampler(generator)``, e.g. the specialists' half-special batches); default: a permutation of all.
         calibrate: on a fresh start, set the model's input layers from ``x`` (an MLP's input shift, a conv
             net's per-channel normalisation, airnet's patch whitening); off for a model that starts trained.
+        tensorboard: if set (a directory, or a ``logs.TensorBoardLog`` made by the caller, e.g. with the teacher's
+            cost), every epoch's record is also written there as TensorBoard scalars; closed at the end.
 
     Returns:
         The per-epoch history: ``[{"epoch", "loss", "loss_max", "seconds", "test_errors"?, ...}, ...]``;
@@ -329,6 +333,9 @@ def fit(
     """
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    log = tensorboard if isinstance(tensorboard, TensorBoardLog) or tensorboard is None else TensorBoardLog(tensorboard)
+    if log is not None:  # first: a missing tensorboard package stops the run before anything is written
+        log.sizes(0 if y_test is None else len(y_test), 0 if y_train_eval is None else len(y_train_eval))
     model.to(device)
     if isinstance(objective, HardLabels) and cfg.label_smoothing and not objective.smoothing:
         objective = HardLabels(objective.labels, cfg.label_smoothing)
@@ -419,7 +426,8 @@ def fit(
                 step.refresh()  # the fused MLP step's low-precision copies follow the blended weights
         if lookahead is not None and epoch + 1 == cfg.epochs:
             lookahead.finish()  # the model leaves training as the average
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / shown, "loss_max": float(loss_max)}
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / shown, "loss_max": float(loss_max),
+                                  "lr": lr}
         if cfg.grad_clip > 0:
             record.update(grad_norm_max=round(float(norm_max), 4),
                           grad_norm_mean=round(float(norm_sum) / steps_per_epoch, 4), clipped_steps=int(clipped))
@@ -434,6 +442,8 @@ def fit(
                                                             y_train_eval.to(device), num_classes)["errors"]
         record["seconds"] = round(time.perf_counter() - t0, 4)
         history.append(record)
+        if log is not None:
+            log.epoch(record)
         bar.set_postfix({k: v for k, v in record.items() if k in ("loss", "test_errors")}, refresh=False)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, {
@@ -444,4 +454,6 @@ def fit(
         if INTERRUPTED.is_set():  # a Ctrl-C whose KeyboardInterrupt was swallowed (errors.INTERRUPTED)
             raise KeyboardInterrupt
     bar.close()
+    if log is not None:
+        log.close()
     return history

@@ -20,6 +20,7 @@ from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import (bias_vector, errors_from_logits, evaluate, fit_bias_offset, predict_logits,
                                       teacher_check)
+from darkknowledge.logs import TensorBoardLog, check_available
 from darkknowledge.teachers import Teacher, TeacherLike, output_size
 from darkknowledge.training import HardLabels, MatchLogits, Objective, SoftTargets, fit, new_model
 from darkknowledge.views import ViewBank
@@ -62,11 +63,11 @@ def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objec
                      meta: dict[str, Any] | None = None,
                      train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
                      curve: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     model: nn.Module | None = None) -> Result:
+                     model: nn.Module | None = None, tensorboard: str | Path | TensorBoardLog | None = None) -> Result:
     """Build ``cfg.arch`` (or take ``model``, a user's own module), fit it to ``objective`` over inputs ``x``,
     and evaluate it on the test split (and, every evaluated epoch, on ``train_eval``'s examples too, if given).
     The per-epoch test errors are measured on ``curve``'s examples if given (e.g. a sample of the test
-    split), the final on all."""
+    split), the final on all. ``tensorboard``: every epoch's metrics also as TensorBoard scalars there."""
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     model = model if model is not None else new_model(cfg, data.in_shape, data.num_classes)
@@ -74,7 +75,8 @@ def fit_and_evaluate(name: str, data: Dataset, x: torch.Tensor, objective: Objec
     x_c, y_c = curve if curve is not None else (data.x_test, data.y_test)
     history = fit(model, x, objective, cfg, x_test=x_c, y_test=y_c, x_train_eval=x_tr,
                   y_train_eval=y_tr, checkpoint=out,
-                  meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress)
+                  meta={"role": name, "data": data.name, **(meta or {})}, resume=resume, desc=name, progress=progress,
+                  tensorboard=tensorboard)
     seconds = time.perf_counter() - t0
     test = evaluate(model, data.x_test.to(device), data.y_test.to(device), data.num_classes)
     return Result(name, model, history, seconds, test, len(x), None if out is None else str(out))
@@ -84,11 +86,12 @@ def train(name: str, data: Dataset, cfg: TrainConfig, out: str | Path | None = N
           progress: bool = True, meta: dict[str, Any] | None = None,
           transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
           train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
-          curve: tuple[torch.Tensor, torch.Tensor] | None = None, model: nn.Module | None = None) -> Result:
+          curve: tuple[torch.Tensor, torch.Tensor] | None = None, model: nn.Module | None = None,
+          tensorboard: str | Path | None = None) -> Result:
     """Hard-label training of ``cfg.arch`` (or of ``model``) on the training split (or on ``transfer``)."""
     x, y = transfer if transfer is not None else (data.x_train, data.y_train)
     return fit_and_evaluate(name, data, x, HardLabels(y), cfg, out, resume, progress, meta, train_eval, curve,
-                            model)
+                            model, tensorboard)
 
 
 def student_bank(x: torch.Tensor, cfg: TrainConfig, tcfg: TransferConfig) -> tuple[TrainConfig, ViewBank | None]:
@@ -112,7 +115,8 @@ def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dc
             progress: bool = True, meta: dict[str, Any] | None = None,
             transfer: tuple[torch.Tensor, torch.Tensor] | None = None,
             train_eval: tuple[torch.Tensor, torch.Tensor] | None = None,
-            curve: tuple[torch.Tensor, torch.Tensor] | None = None, model: nn.Module | None = None) -> Result:
+            curve: tuple[torch.Tensor, torch.Tensor] | None = None, model: nn.Module | None = None,
+            tensorboard: str | Path | None = None) -> Result:
     """Train ``cfg.arch`` (or ``model``) on the teacher's soft targets at ``dcfg.temperature`` over the transfer set.
 
     The teacher is any ``teachers.TeacherLike``: one model, an ensemble, a generalist with its specialists.
@@ -121,21 +125,29 @@ def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dc
     teacher's target on exactly that view.
     """
     teacher.check_fits(data)
+    if tensorboard is not None:
+        check_available()  # before the teacher's cost is paid
     x, y = transfer if transfer is not None else transfer_set(data, tcfg, cfg.seed)
     device = resolve_device(cfg.device)
     if tcfg.mixup and dcfg.hard_weight:
         raise DKError(f"mixup mixes two images, so one hard label is wrong for a mixed view: give hard_weight 0 "
                       f"with mixup (the teacher's targets alone, as Beyer et al. 2022), not {dcfg.hard_weight}")
     cfg, bank = student_bank(x, cfg, tcfg)
+    t0 = time.perf_counter()
     if bank is None:
         objective = SoftTargets(teacher.soft_targets(x.to(device), dcfg.temperature), y, dcfg)
     else:
         targets = teacher.bank_targets(x.to(device), bank, dcfg.temperature)
         objective = SoftTargets(targets, y.to(device).repeat(bank.views), dcfg, bank)
+    log = None
+    if tensorboard is not None:
+        log = TensorBoardLog(tensorboard)
+        log.teacher(time.perf_counter() - t0)  # the teacher's targets on the transfer set (~0 from the cache)
     meta = {"distill_config": dataclasses.asdict(dcfg), "transfer_config": dataclasses.asdict(tcfg),
             "teacher_fingerprint": teacher.fingerprint(), "combine": teacher.combine,
             **(meta or {})}
-    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval, curve, model)
+    return fit_and_evaluate(name, data, x, objective, cfg, out, resume, progress, meta, train_eval, curve, model,
+                            log)
 
 
 def check_teacher(teacher: TeacherLike, baseline: nn.Module, x: torch.Tensor, y: torch.Tensor,
