@@ -280,9 +280,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     scale = "quick" if args.quick else args.scale
     if not args.data_dir:
         what = {"mnist": "the canonical MNIST IDX files", "cifar10": "the CIFAR-10 pickles",
-                "cifar100": "the CIFAR-100 pickles"}[args.experiment]
-        raise DKError(f"reproduce {args.experiment} needs --data-dir: a directory with {what} (e.g. from "
-                      f"`python ../shared/tools/datasets.py install DIR --only {args.experiment}`)")
+                "cifar100": "the CIFAR-100 pickles", "lm": "text files"}[args.experiment]
+        hint = ("e.g. the Python standard library: python -c 'import sysconfig; print(sysconfig.get_paths()[\"stdlib\"])'"
+                if args.experiment == "lm" else
+                f"e.g. from `python ../shared/tools/datasets.py install DIR --only {args.experiment}`")
+        raise DKError(f"reproduce {args.experiment} needs --data-dir: a directory with {what} ({hint})")
     if args.resume and args.overwrite:
         raise DKError("give --resume or --overwrite, not both")
     out = Path(args.out or f"runs/{args.experiment}-{scale}")
@@ -528,10 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reproduce", help="reproduce a paper experiment end to end (paper vs measured table)")
-    p.add_argument("experiment", choices=["mnist", "cifar10", "cifar100"],
+    p.add_argument("experiment", choices=["mnist", "cifar10", "cifar100", "lm"],
                    help="which experiment family (paper section 3: mnist; sections 4 and 6: cifar10; "
-                        "section 5, specialists: cifar100)")
-    p.add_argument("--data-dir", help="directory with the canonical MNIST IDX files or CIFAR pickles")
+                        "section 5, specialists: cifar100; token-level distillation of a language model: lm)")
+    p.add_argument("--data-dir", "--data", dest="data_dir",
+                   help="directory with the canonical MNIST IDX files or CIFAR pickles; for lm a text file or a "
+                        "directory of text files (e.g. the Python standard library's)")
     p.add_argument("--out", help="output directory (default: runs/EXPERIMENT-SCALE)")
     p.add_argument("--seeds", type=int, help="seeds per experiment (default: 3; 1 at smoke scale)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"cpu, cuda or auto (default: {DEFAULT_DEVICE})")

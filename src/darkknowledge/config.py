@@ -20,6 +20,7 @@ from darkknowledge.losses import COMBINE_METHODS
 from darkknowledge.models import check_arch
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -35,7 +36,9 @@ class TrainConfig:
     epochs: int = _help("passes over the training / transfer set", 30)
     batch_size: int = _help("examples per SGD step", 128)
     lr: float = _help("peak learning rate of SGD with momentum", 0.05)
-    momentum: float = _help("SGD momentum", 0.9)
+    optimizer: str = _help("sgd (with momentum; the paper's and every image recipe's) or adamw (decoupled weight "
+                           "decay, betas (momentum, 0.95): the language models')", "sgd")
+    momentum: float = _help("SGD momentum (adamw: its first beta)", 0.9)
     nesterov: bool = _help("Nesterov momentum", False)
     weight_decay: float = _help("L2 weight decay (0: none, as for the paper's unregularised students)", 0.0)
     lr_schedule: str = _help(f"learning-rate schedule over all steps: {', '.join(LR_SCHEDULES)}", "cosine")
@@ -71,6 +74,8 @@ class TrainConfig:
             raise DKError("alternate_flips needs flip")
         if self.nesterov and self.momentum == 0:
             raise DKError("nesterov needs a momentum above 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise DKError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise DKError(f"unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
         if self.precision not in PRECISIONS:

@@ -4,7 +4,7 @@
 ``dk.train`` / ``dk.distill``) writes, every epoch: ``loss/mean`` and ``loss/max_batch``, ``lr`` (at the
 epoch's last step), ``seconds/epoch``, ``test/errors`` and ``test/accuracy`` (the epochs it evaluates),
 ``train/errors`` and ``train/accuracy`` (with a train-evaluation set), the gradient norms when clipping is on;
-once, ``teacher/seconds``, what computing the teacher's targets cost before training (0: all from the
+any other number a run adds to its record under ``metrics/``; once, ``teacher/seconds``, what computing the teacher's targets cost before training (0: all from the
 cache). The writer is PyTorch's (``torch.utils.tensorboard``), which needs the ``tensorboard`` package
 (``pip install 'darkknowledge[tensorboard]'``); without it the run stops before it starts, with that advice.
 """
@@ -49,9 +49,9 @@ class TensorBoardLog:
 
     def epoch(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"])
-        for key, tag in _SCALARS.items():
-            if key in record:
-                self.writer.add_scalar(tag, float(record[key]), step)
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(_SCALARS.get(key, f"metrics/{key}"), float(value), step)
         if "test_errors" in record and self.test_size:
             self.writer.add_scalar("test/accuracy", 1 - record["test_errors"] / self.test_size, step)
         if "train_errors" in record and self.train_size:

@@ -334,6 +334,17 @@ def _torchvision(name: str) -> Callable[[tuple[int, ...], int], nn.Module]:
 # of 15 on incoming weights (the values of Hinton et al. 2012 / Srivastava et al. 2014 for MNIST).
 _TEACHER_REG = dict(input_dropout=0.2, hidden_dropout=0.5, max_norm=15.0)
 
+def _gpt(dim: int, layers: int, dropout: float) -> Callable[[tuple[int, ...], int], nn.Module]:
+    """A causal LM (``lm.TinyGPT``) for token windows of the input length, over ``num_classes`` tokens."""
+    def build(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        from darkknowledge.lm import TinyGPT
+
+        if len(in_shape) != 1:
+            raise DKError(f"gpt-{dim}x{layers} takes token windows [N, S], not inputs of shape {in_shape}")
+        return TinyGPT(num_classes, dim, layers, in_shape[0], dropout=dropout)
+    return build
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "mlp-1200x2": ArchSpec(_mlp((1200, 1200), **_TEACHER_REG), "paper's MNIST teacher: 2x1200 ReLU, dropout, max-norm"),
     "mlp-800x2": ArchSpec(_mlp((800, 800)), "paper's MNIST student: 2x800 ReLU, no regularisation"),
@@ -347,6 +358,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "airnet-{A}-{B}-{C}": ArchSpec(_airnet((64, 256, 256)), "fast CIFAR net after airbench: frozen patch whitening, "
                                    "three conv groups of widths A, B, C (airnet-64-256-256: 1.97 M parameters, "
                                    "airnet-32-128-128: 0.50 M)"),
+    "gpt-{D}x{L}[-d{P}]": ArchSpec(_gpt(128, 2, 0.0), "a causal language model (token windows in, hidden states "
+                                   "out, head tied to the embedding; lm.TinyGPT): width D, L blocks, dropout P%"),
     "torchvision:{NAME}": ArchSpec(_torchvision("resnet18"), "any torchvision classification model by name, "
                                    "e.g. torchvision:resnet18 (needs torchvision)"),
 }
@@ -356,7 +369,9 @@ _PATTERNS = ((re.compile(r"mlp-([1-9]\d{0,4})x([1-9])-d(\d|[1-9]\d)-(\d|[1-9]\d)
              (re.compile(r"resnet-s-w([1-9]\d{0,3})"), lambda m: _resnet_s(int(m.group(1)))),
              (re.compile(r"airnet-([1-9]\d{0,3})-([1-9]\d{0,3})-([1-9]\d{0,3})"),
               lambda m: _airnet((int(m.group(1)), int(m.group(2)), int(m.group(3))))),
-             (re.compile(r"torchvision:([A-Za-z0-9_.]+)"), lambda m: _torchvision(m.group(1))))
+             (re.compile(r"torchvision:([A-Za-z0-9_.]+)"), lambda m: _torchvision(m.group(1))),
+             (re.compile(r"gpt-([1-9]\d{0,4})x([1-9]\d?)(?:-d([1-9]\d?))?"),
+              lambda m: _gpt(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0) / 100)))
 CUSTOM_PREFIX = "custom:"  # a user's own nn.Module, trained from Python; not buildable by name
 
 

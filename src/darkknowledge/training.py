@@ -233,19 +233,26 @@ def _restore_optim(opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The model's parameter groups (its own ``param_groups()``, each with an ``lr_scale``, or one group of
-    every trainable parameter). A group's weight decay is divided by its ``lr_scale``: every weight decays by
-    the same fraction per step."""
+    """The model's parameter groups (its own ``param_groups()``, each with an ``lr_scale`` and optionally
+    ``decay: False``, or one group of every trainable parameter). A group's weight decay is divided by its
+    ``lr_scale``: every weight decays by the same fraction per step."""
     groups = model.param_groups() if hasattr(model, "param_groups") else [
         {"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
     return [{**g, "params": list(g["params"]), "lr": cfg.lr * g["lr_scale"],
-             "weight_decay": cfg.weight_decay / g["lr_scale"]} for g in groups]
+             "weight_decay": cfg.weight_decay / g["lr_scale"] if g.get("decay", True) else 0.0} for g in groups]
 
 
-def make_sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
-    """SGD with (Nesterov) momentum; PyTorch's fused kernel (one pass per tensor) on CPU and CUDA. ``params``:
-    parameters, or groups with an ``lr_scale`` (``param_groups``)."""
+def make_sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD with (Nesterov) momentum, or with ``cfg.optimizer`` adamw AdamW (betas (momentum, 0.95)); PyTorch's
+    fused kernel (one pass per tensor) on CPU and CUDA. ``params``: parameters, or groups with an ``lr_scale``
+    (``param_groups``)."""
     params = list(params)
+    if cfg.optimizer == "adamw":
+        kw = dict(lr=cfg.lr, betas=(cfg.momentum, 0.95), weight_decay=cfg.weight_decay)
+        try:
+            return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kw)
+        except (RuntimeError, ValueError):
+            return torch.optim.AdamW(params, **kw)
     kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if device.type in ("cpu", "cuda"):
         try:
@@ -297,6 +304,7 @@ def fit(
     sampler: "Sampler | None" = None,
     calibrate: bool = True,
     tensorboard: "str | Path | TensorBoardLog | None" = None,
+    metrics: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on inputs ``x [N, H, W]`` against ``objective`` for ``cfg.epochs`` epochs.
 
@@ -324,6 +332,9 @@ def fit(
             net's per-channel normalisation, airnet's patch whitening); off for a model that starts trained.
         tensorboard: if set (a directory, or a ``logs.TensorBoardLog`` made by the caller, e.g. with the teacher's
             cost), every epoch's record is also written there as TensorBoard scalars; closed at the end.
+        metrics: if set, called with the model (in eval mode, no gradients) on the epochs test errors are measured
+            (every ``cfg.eval_every`` and the last), its values added to the epoch's record (e.g. a language
+            model's validation bits per byte).
 
     Returns:
         The per-epoch history: ``[{"epoch", "loss", "loss_max", "seconds", "test_errors"?, ...}, ...]``;
@@ -342,7 +353,7 @@ def fit(
     objective = objective.to(device)
     if x_test is not None:
         x_test, y_test = x_test.to(device), y_test.to(device)
-    num_classes = _output_size(model, x[:1].to(device))
+    num_classes = getattr(model, "output_classes", None) or _output_size(model, x[:1].to(device))
     opt = make_sgd(param_groups(model, cfg), cfg, device)
     train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE}
     train_cfg["precision"] = precision  # as resolved: "auto" may mean another thing on another machine
@@ -372,7 +383,7 @@ def fit(
             model.calibrate_whitening(x)  # a frozen first layer from the training inputs' patch statistics
 
     step: FusedMLPStep | AutogradStep
-    if cfg.fused and not cfg.compile and FusedMLPStep.supports(model):  # --compile asks for autograd
+    if cfg.fused and not cfg.compile and cfg.optimizer == "sgd" and FusedMLPStep.supports(model):  # --compile asks for autograd
         step = FusedMLPStep(model, opt, torch.bfloat16 if precision == "bf16" else torch.float32, cfg.grad_clip)
         # The inputs live on the device in the compute dtype: half the bytes to gather per batch in bf16.
         x = x.to(device, torch.bfloat16 if precision == "bf16" else torch.float32)
@@ -440,6 +451,12 @@ def fit(
             if x_train_eval is not None:
                 record["train_errors"] = errors_from_logits(predict_logits(model, x_train_eval.to(device)),
                                                             y_train_eval.to(device), num_classes)["errors"]
+        if metrics is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                record.update(metrics(model))
+            model.train(was)
         record["seconds"] = round(time.perf_counter() - t0, 4)
         history.append(record)
         if log is not None:

@@ -1,0 +1,1 @@
+"""Packaged recipes for the language-model reproduction (``dk reproduce lm``)."""
