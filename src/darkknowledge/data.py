@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import pickle
 import re
 import zipfile
@@ -331,42 +330,37 @@ def _folder_files(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[
     return names, files
 
 
-def _decode(files: list[tuple[Path, int]], size: tuple[int, int] | None, grey: bool) -> np.ndarray:
-    """The images as uint8 ``[N, H, W]`` (grey) or ``[N, 3, H, W]``, resized to ``size`` if given."""
+GREY_MODES = ("1", "L", "LA", "I", "I;16")  # Pillow modes stored with one channel (decoded as "L")
+
+
+def _decode(files: list[tuple[Path, int]], size: tuple[int, int] | None) -> list[np.ndarray]:
+    """Each image once: uint8 ``[H, W]`` if stored grey, else ``[3, H, W]``, resized to ``size`` if given."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
-    out, shape = [], None
+    out, hw, first = [], None, None
     for path, _ in tqdm(files, desc="decoding images", unit="img", disable=len(files) < 2000, leave=False):
         try:
             with Image.open(path) as im:
+                grey = im.mode in GREY_MODES
                 im = im.convert("L" if grey else "RGB")
                 if size is not None and im.size != size:
                     im = im.resize(size, Image.Resampling.LANCZOS)
                 a = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DKError(f"cannot decode image {path}: {e}") from None
-        if shape is None:
-            shape, first = a.shape, path
-        elif a.shape != shape:
-            raise DKError(f"images differ in size: {first} is {shape[1]}x{shape[0]}, {path} is {a.shape[1]}x{a.shape[0]}"
+        if hw is None:
+            hw, first = a.shape[:2], path
+        elif a.shape[:2] != hw:
+            raise DKError(f"images differ in size: {first} is {hw[1]}x{hw[0]}, {path} is {a.shape[1]}x{a.shape[0]}"
                           f"; resize them all with folder:DIR@WIDTHxHEIGHT")
         out.append(a if grey else a.transpose(2, 0, 1))
-    return np.stack(out)
+    return out
 
 
-def _is_grey(files: list[tuple[Path, int]]) -> bool:
-    """True when every image is stored in a grey mode (decoded to one channel, as MNIST), else colour."""
-    from PIL import Image, UnidentifiedImageError
-
-    for path, _ in files:
-        try:
-            with Image.open(path) as im:
-                if im.mode not in ("1", "L", "LA", "I", "I;16"):
-                    return False
-        except (UnidentifiedImageError, OSError) as e:
-            raise DKError(f"cannot decode image {path}: {e}") from None
-    return True
+def _stack(images: list[np.ndarray], colour: bool) -> np.ndarray:
+    """One array: grey ``[N, H, W]``, or ``[N, 3, H, W]`` with grey images repeated over the channels."""
+    return np.stack([np.repeat(a[None], 3, 0) if colour and a.ndim == 2 else a for a in images])
 
 
 def load_folder(root: str | Path, size: tuple[int, int] | None = None) -> Dataset:
@@ -395,9 +389,10 @@ def load_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datase
         with np.load(cache, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        grey = _is_grey(train_files + test_files)
-        arrays = {"x_train": _decode(train_files, size, grey), "y_train": np.array([y for _, y in train_files]),
-                  "x_test": _decode(test_files, size, grey), "y_test": np.array([y for _, y in test_files])}
+        train, test = _decode(train_files, size), _decode(test_files, size)
+        colour = any(a.ndim == 3 for a in train + test)  # grey only when every image is stored grey
+        arrays = {"x_train": _stack(train, colour), "y_train": np.array([y for _, y in train_files]),
+                  "x_test": _stack(test, colour), "y_test": np.array([y for _, y in test_files])}
         if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
             raise DKError(f"{root}: train images {arrays['x_train'].shape[1:]} and test images "
                           f"{arrays['x_test'].shape[1:]} differ in size; resize them with folder:DIR@WIDTHxHEIGHT")
@@ -410,12 +405,14 @@ def load_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datase
 
 def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write the decoded arrays atomically; a folder that cannot be written to is simply not cached."""
+    import io
+
+    from darkknowledge.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     try:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        tmp.replace(path)
+        atomic_write_bytes(path, buf.getvalue())
     except OSError:
         return
 

@@ -308,7 +308,7 @@ class TopKCache:
         w = teacher.head_weight.detach()
         device = w.device
         teacher.eval()
-        shards = []
+        shards, mass = [], 0.0
         step = max(1, CHUNK // batch_size)  # positions per chunk: [batch, step, V] logits at a time
         for s0 in range(0, len(inputs), shard_windows):
             s1 = min(s0 + shard_windows, len(inputs))
@@ -328,6 +328,7 @@ class TopKCache:
                 if progress is not None:
                     progress(min(b0 + batch_size, s1), len(inputs))
             ids, lps = torch.cat(idx_parts), torch.cat(lp_parts)
+            mass += float(lps.float().exp().sum(-1).sum())
             name = f"shard-{len(shards):05d}.safetensors"
             atomic_write_bytes(d / name, st_save({"idx": ids.contiguous(), "logp": lps.contiguous()}))
             shards.append({"file": name, "windows": s1 - s0})
@@ -336,7 +337,8 @@ class TopKCache:
         meta = {"key": cache_key(teacher_fingerprint, tokens_digest, tokenizer, k, temperature), "k": k,
                 "temperature": temperature, "vocab": vocab, "windows": len(inputs), "seq_len": inputs.shape[1],
                 "teacher": teacher_fingerprint, "tokens": tokens_digest, "tokenizer": tokenizer, "shards": shards,
-                "bytes": size, "bytes_per_token": size / slots}
+                "bytes": size, "bytes_per_token": size / slots,
+                "top_k_mass": mass / slots}  # the teacher's mean probability inside its top k
         atomic_write_json(d / CACHE_META, meta)
         return meta
 

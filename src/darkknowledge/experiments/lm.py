@@ -184,7 +184,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
                 "windows": {s: len(w[s]) for s in w}, "tokens": {s: int(w[s].targets.numel()) for s in w},
                 "bytes_per_token": {s: w[s].bytes / w[s].targets.numel() for s in w}}
     tok, w = _tokens(p)
-    digest, vocab = inputs.get("tokenizer", {}).get("digest") or text.tokenizer_digest(tok), tok.get_vocab_size()
+    digest, vocab = text.tokenizer_digest(tok), tok.get_vocab_size()
     tr = w["train"]
     if stage.kind in ("teacher", "student"):
         arch, recipe, epochs = ((sc.teacher, TEACHER, sc.teacher_epochs) if stage.kind == "teacher"
@@ -201,14 +201,12 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         meta = cache.meta()
         key = lm.cache_key(fp, tr.digest(), digest, p["k"], sc.temperature)
-        if meta is None or meta.get("key") != key:
+        if meta is None or meta.get("key") != key or "top_k_mass" not in meta:
             meta = lm.TopKCache.build(d, teacher, tr.inputs, k=p["k"], temperature=sc.temperature,
                                       teacher_fingerprint=fp, tokens_digest=tr.digest(), tokenizer=digest)
-        _, logp = cache.load(teacher_fingerprint=fp, tokens_digest=tr.digest(), tokenizer=digest, k=p["k"],
-                             temperature=sc.temperature)
         return {"k": p["k"], "bytes_per_token": meta["bytes_per_token"], "bytes": meta["bytes"],
-                "seconds": round(time.perf_counter() - t0, 2),
-                "top_k_mass": float(logp.float().exp().sum(-1).mean()), "dir": relative_to(out, d)}
+                "seconds": round(time.perf_counter() - t0, 2), "top_k_mass": meta["top_k_mass"],
+                "teacher_fingerprint": fp, "dir": relative_to(out, d)}
     if stage.kind in ("choose", "distilled"):
         if stage.kind == "choose":
             tail, hw, epochs, source = p["tail"], p["hard_weight"], sc.choice_epochs, "topk"
@@ -216,16 +214,16 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         else:
             chosen = _chosen(inputs)
             tail, hw, epochs, source, k = chosen["tail"], chosen["hard_weight"], sc.student_epochs, p["source"], p.get("k")
-        teacher_path = out / (inputs.get(f"teacher/s{seed}") or {}).get("checkpoint", f"models/teacher-s{seed}")
         if source == "full":
+            teacher_path = out / inputs[f"teacher/s{seed}"]["checkpoint"]
             teacher = load_teacher(teacher_path, digest, vocab, dev)
             make = lambda m: lm.TokenDistill(tr.targets, lambda: m.head_weight, lm.FullLogits(teacher, tr.inputs),  # noqa: E731
                                              sc.temperature, 1.0, hw)
             meta = {"source": "full", "hard_weight": hw, "teacher": relative_to(out, teacher_path)}
         else:
-            c = inputs[f"cache/s{seed}/k{k}"]
-            teacher_fp = lm.TopKCache(out / c["dir"]).meta()["teacher"]
-            idx, logp = lm.TopKCache(out / c["dir"]).load(teacher_fingerprint=teacher_fp, tokens_digest=tr.digest(),
+            c = inputs[f"cache/s{seed}/k{k}"]  # the teacher the cache stage measured: a rebuilt cache must match it
+            idx, logp = lm.TopKCache(out / c["dir"]).load(teacher_fingerprint=c["teacher_fingerprint"],
+                                                          tokens_digest=tr.digest(),
                                                           tokenizer=digest, k=k, temperature=sc.temperature)
             make = lambda m: lm.TokenDistill(tr.targets, lambda: m.head_weight, lm.TopKTargets(idx, logp, tail),  # noqa: E731
                                              sc.temperature, 1.0, hw)
