@@ -210,3 +210,25 @@ def test_the_validation_split_chooses_the_fewest_errors_and_ties_go_to_the_earli
     plain = replace(sc, teacher_options=(), distill_temperatures=())
     assert mnist.chosen_teacher({}, plain) == "paper" and mnist.chosen_distill({}, plain) == mnist.DISTILL
     assert not [s for s in mnist.build_stages(plain, 1, {}) if s.kind.startswith("choose_")]
+
+
+def test_held_out_teachers_reuse_the_choice_run_and_are_checked_on_validation(mnist_dir, tmp_path):
+    # teacher_holdout: every seed's teacher learns without the validation split, so seed 0's is the chosen
+    # option's choice run itself (no second training), and every seed's teacher is checked there.
+    sc = replace(TINY, teacher_options=("jitter", "none"), teacher_holdout=True, sweep_widths=(),
+                 matching_temperatures=())
+    exp = replace(mnist.EXPERIMENT, scales={"held": sc})
+    out = tmp_path / "held"
+    res = reproduce(exp, mnist_dir, out, scale="held", seeds=2, device="cpu", progress=False, log=lambda m: None)
+    assert res["stages_done"] == res["stages_total"]
+    stages = {p.stem: json.loads(p.read_text())["result"] for p in (out / "stages").glob("*.json")}
+    chosen = res["choices"]["teacher"]["chosen"]
+    choice, t0, t1 = stages[f"choose__teacher-{chosen}"], stages["teacher__s0"], stages["teacher__s1"]
+    assert t0["checkpoint"] == choice["checkpoint"] and t0["val_errors"] == choice["val_errors"]
+    assert not (out / "teachers" / "seed0").exists() and (out / "teachers" / "seed1" / "model.safetensors").is_file()
+    assert "less validation" in t1["trained_on"] and t1["val_size"] == sc.val_size
+    val_check = res["teacher_check"][0]
+    assert val_check["split"] == "validation" and val_check["teacher_errors"] == [t0["val_errors"], t1["val_errors"]]
+    assert val_check["baseline_errors"] == [stages["choose__student"]["val_errors"]] * 2
+    with pytest.raises(ValueError, match="epochs must agree"):
+        replace(sc, choice_teacher_epochs=sc.teacher_epochs + 1)

@@ -72,10 +72,12 @@ PAPER_OFFSETS = {"omit3": 3.5, "only78": -7.6}
 SWEEP_WIDTHS_ARCH = {30: "mlp-30x2", 300: "mlp-300x2", 800: "mlp-800x2"}
 SEED_STAGES = ("teacher", "student", "distilled", "omit3", "only78")
 # The teacher's regularisation, chosen on validation: the paper's (dropout 20% / 50% with max-norm, inputs
-# jittered by the scale's pixels), dropout alone, or neither (max-norm kept).
+# jittered by the scale's pixels), dropout alone, jitter alone (no dropout: fastest to converge, where
+# translations keep the class), or neither (max-norm kept).
 TEACHER_OPTIONS: dict[str, dict[str, Any]] = {
     "paper": {},
     "dropout": {"jitter": 0},
+    "jitter": {"arch": "mlp-1200x2-d0-0"},
     "none": {"jitter": 0, "arch": "mlp-1200x2-d0-0"},
 }
 
@@ -102,6 +104,13 @@ class Scale:
     distill_temperatures: tuple[float, ...] = ()  # with distill_hard_weights: the grid of students
     distill_hard_weights: tuple[float, ...] = ()
     choice_student_epochs: int = 0  # those students' epochs (0: student_epochs)
+    # Every seed's teacher trains without the validation split, like the choices, so seed 0's teacher is the
+    # chosen option's choice run itself (one teacher fewer) and every teacher is checked on validation.
+    teacher_holdout: bool = False
+
+    def __post_init__(self) -> None:
+        if self.teacher_holdout and self.choice_teacher_epochs not in (0, self.teacher_epochs):
+            raise ValueError("teacher_holdout reuses the choice run as seed 0's teacher: their epochs must agree")
 
 
 SCALES: dict[str, Scale] = {
@@ -225,7 +234,8 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
         p = {**ctx, "seed": s}
         t = f"teacher/s{s}"
         uses = (t,) + pick_distill
-        stages += [Stage(t, "teacher", p, pick_teacher, cost=_cost(TEACHER.arch, sc.teacher_epochs, n)),
+        reused = sc.teacher_holdout and s == 0 and options  # seed 0's teacher is its choice run
+        stages += [Stage(t, "teacher", p, pick_teacher, cost=0.0 if reused else _cost(TEACHER.arch, sc.teacher_epochs, n)),
                    Stage(f"student/s{s}", "student", p, cost=_cost(STUDENT.arch, sc.student_epochs, n)),
                    Stage(f"distilled/s{s}", "distilled", p, uses, _cost(DISTILLED.arch, sc.student_epochs, n)),
                    Stage(f"omit3/s{s}", "omit3", p, uses, _cost(DISTILLED.arch, sc.student_epochs, 0.9 * n)),
@@ -246,6 +256,10 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     return stages
 
 
+def _summary_keys() -> tuple[str, ...]:
+    return ("test_errors", "test_size", "per_class_errors", "transfer_size", "epochs", "loss_max", "curve")
+
+
 def _summary(r: Result) -> dict[str, Any]:
     return {"test_errors": r.test["errors"], "test_size": r.test["test_size"],
             "per_class_errors": r.test["per_class_errors"], "transfer_size": r.transfer_size,
@@ -264,10 +278,20 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         return _choose(stage, inputs, data, ckpt)
     if stage.kind == "teacher":
         option = chosen_teacher(inputs, sc)
+        if sc.teacher_holdout and seed == 0 and teacher_options(sc):  # the choice run is this teacher
+            choice = inputs[f"choose/teacher-{option}"]
+            return {**{k: choice[k] for k in (*_summary_keys(), "val_errors", "val_size", "checkpoint")},
+                    "option": option, "trained_on": "training split less validation (the choice run itself)"}
         cfg = scaled(teacher_recipe(sc, option), sc, sc.teacher_epochs, seed, device)
         teacher_dir = out / "teachers" / f"seed{seed}"
-        return {**_summary(train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress)),
-                "option": option, "checkpoint": relative_to(out, teacher_dir)}
+        if not sc.teacher_holdout:
+            return {**_summary(train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress)),
+                    "option": option, "checkpoint": relative_to(out, teacher_dir)}
+        x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
+        r = train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress, transfer=(x_rest, y_rest))
+        val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
+        return {**_summary(r), "val_errors": val["errors"], "val_size": len(y_val), "option": option,
+                "checkpoint": relative_to(out, teacher_dir), "trained_on": "training split less validation"}
     if stage.kind == "student":
         cfg = scaled(STUDENT, sc, sc.student_epochs, seed, device)
         return _summary(train("student", data, cfg, out=ckpt, resume=True, progress=progress))
@@ -372,13 +396,23 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                 for s in by_kind.get("match_logits", []) + by_kind.get("match_soft", []) if s.name in done]
     pairs = [(done[f"teacher/s{s}"], done[f"student/s{s}"]) for s in range(seeds)
              if f"teacher/s{s}" in done and f"student/s{s}" in done]
+    why = ("the teachers were checked on the validation split above; here the test split, seed by seed (reported, "
+           "not used to choose anything)" if sc.teacher_holdout else
+           "the teacher trains on all the training images, as in the paper, so no split is held out of it: "
+           "compared on the test split, seed by seed (reported, not used to choose anything)")
     checks = [paired_check("teacher", "hard-label student", "test", [t["test_errors"] for t, _ in pairs],
                            [b["test_errors"] for _, b in pairs], pairs[0][0]["test_size"] if pairs else 0, "teacher",
-                           "the teacher trains on all the training images, as in the paper, so no split is held out "
-                           "of it: compared on the test split, seed by seed (reported, not used to choose anything)")]
+                           why)]
     choices = _choices(stages, done, sc)
     teacher, student = choices["teacher"].get("chosen"), choices["teacher"].get("student_val_errors")
-    if teacher is not None and student is not None:
+    held_out = [done[f"teacher/s{s}"] for s in range(seeds) if "val_errors" in done.get(f"teacher/s{s}", {})]
+    if held_out and student is not None:  # every seed's teacher beside seed 0's hard-label student
+        checks.insert(0, paired_check(f"teacher ({held_out[0]['option']} regularisation)", "hard-label student",
+                                      "validation", [t["val_errors"] for t in held_out], [student] * len(held_out),
+                                      held_out[0]["val_size"], "teacher",
+                                      "every seed's teacher trained without the validation split (seed 0's is the "
+                                      "choice run), beside seed 0's hard-label student trained the same way"))
+    elif teacher is not None and student is not None:
         val = next(o for o in choices["teacher"]["options"] if o["option"] == teacher)
         checks.insert(0, paired_check(f"teacher ({teacher} regularisation)", "hard-label student", "validation",
                                       [val["val_errors"]], [student], val["val_size"], "teacher",
