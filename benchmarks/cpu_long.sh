@@ -9,21 +9,23 @@
 #   distill     cifar10_tuning.py on the full run's split, members and cached bank: distillation settings
 #               (hard weight 0, T 2, mixed views, a 40-epoch student beside a 40-epoch member; section 6
 #               at T 1, 5, 10, hard weight 0, mixed views, a 128-view bank) (~3.5 h)
+#   patience    section 6 on the quick scale's split: 100 against 1,000 epochs for both arms (~1 h; after quick)
 #   ls0         one member without label smoothing (saved as a teacher), then section 6 from it (~35 min)
 #   cifar100    dk reproduce cifar100 --scale full                          (~2.5-3 h)
-#   variants    time_to_accuracy.py: base, fp32, lookahead, alternating flips; 10 epochs, 3 seeds (~2 h)
+#   variants    time_to_accuracy.py: base, fp32 (where the CPU has bf16), lookahead, alternating flips; 10 epochs,
+#               3 seeds, in the doubling step's JSON (its 10-epoch base run is seed 0's) (~2 h)
 #   doubling    time_to_accuracy.py: airnet and resnet-s-w8 at 5, 10, 20, 40 epochs (~2 h)
 #   quick       dk reproduce cifar10/cifar100 --quick on the real data, timed (<= 20 min each is the target)
 #   generality  dk reproduce cifar10 --quick on benchmarks/cifar_variants.py's data sets (never tuned on)
-#   peer        4 wide airnet-64-256-256 members of 10 epochs (~75 min), then peer_torchdistill_cifar.py
-#               in benchmarks/.venv-peer (its docstring sets it up): wall time to the same accuracy
+#   peer        peer_torchdistill_cifar.py in benchmarks/.venv-peer (its docstring sets it up): the variants
+#               step's 10-epoch airnet-32-128-128 nets into airnet-16-64-64, beside torchdistill (~1 h)
 # Nothing else should run beside it: two processes of two threads each on two cores run several times slower.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DK_DATA:-$PWD/.cache/data}"
-STEPS="${STEPS:-cifar10 distill ls0 cifar100 variants doubling quick generality peer}"
+STEPS="${STEPS:-cifar10 distill patience ls0 cifar100 variants doubling quick generality peer}"
 RESULTS=benchmarks/results
 mkdir -p "$OUT"
 if [ ! -d "$DATA/cifar-100-python" ]; then
@@ -39,21 +41,22 @@ timed() {  # NAME CMD...: run, then append the wall seconds to OUT/walls.txt
 reproduce() {  # EXPERIMENT SCALE DATA OUTDIR
     "$PY" -m darkknowledge reproduce "$1" --scale "$2" --device cpu --data-dir "$3" --out "$4" --resume --no-progress
 }
+tune() {  # ROLE TAG [KEY=VALUE...]: one run on the validation split of scale $SCALE (full), skipped if logged
+    local role=$1 tag=$2 extra=()
+    shift 2
+    [ "${1:-}" = --mixup ] && { extra=(--mixup "$2"); shift 2; }
+    grep -q "\"tag\": \"$tag\"" "$RESULTS/cifar10-tuning.jsonl" 2>/dev/null && return 0
+    [ -n "${TAGS:-}" ] && [[ " $TAGS " != *" $tag "* ]] && return 0
+    local scale=${SCALE:-full}
+    timed "tuning $tag" "$PY" benchmarks/cifar10_tuning.py --data-dir "$DATA" --scale "$scale" --role "$role" \
+        --members "$OUT/cifar10-$scale/members" --cache "$OUT/cifar10-$scale/cache" --tag "$tag" \
+        --views "${VIEWS:-0}" ${extra[@]+"${extra[@]}"} --set "$@"
+}
 for step in $STEPS; do
     case $step in
         cifar10 | cifar100)
             timed "$step full" reproduce "$step" full "$DATA" "$OUT/$step-full" ;;
         distill)
-            tune() {  # ROLE TAG [KEY=VALUE...]: one run on the full scale's validation split, skipped if logged
-                local role=$1 tag=$2 extra=()
-                shift 2
-                [ "${1:-}" = --mixup ] && { extra=(--mixup "$2"); shift 2; }
-                grep -q "\"tag\": \"$tag\"" "$RESULTS/cifar10-tuning.jsonl" 2>/dev/null && return 0
-                [ -n "${TAGS:-}" ] && [[ " $TAGS " != *" $tag "* ]] && return 0
-                timed "tuning $tag" "$PY" benchmarks/cifar10_tuning.py --data-dir "$DATA" --scale full --role "$role" \
-                    --members "$OUT/cifar10-full/members" --cache "$OUT/cifar10-full/cache" --tag "$tag" \
-                    --views "${VIEWS:-0}" ${extra[@]+"${extra[@]}"} --set "$@"
-            }
             # base: the full run's distilled stage (T 1 chosen there, hard weight 0.5) with its cached bank
             tune distilled full-dist-base temperature=1
             # patience first: a 40-epoch student beside a 40-epoch member (the baseline at the same budget)
@@ -68,7 +71,17 @@ for step in $STEPS; do
             tune soft_small full-soft3-T5-h0 temperature=5 hard_weight=0 soft_weight=1
             tune soft_small full-soft3-T5-mix1 --mixup 1.0 temperature=5 hard_weight=0 soft_weight=1
             tune soft_small full-soft3-T1-mix1 --mixup 1.0 temperature=1 hard_weight=0 soft_weight=1
-            VIEWS=128 tune soft_small full-soft3-T5-mix1-v128 --mixup 1.0 temperature=5 hard_weight=0 soft_weight=1 ;;
+            VIEWS=128 tune soft_small full-soft3-T5-mix1-v128 --mixup 1.0 temperature=5 hard_weight=0 soft_weight=1
+            ;;
+        patience)
+            # Section 6, patient (Beyer et al. 2022): both 6% arms of the quick scale's split trained 10x longer, the
+            # soft run on a bank with as many mixed views as epochs, beside the reproduction's 100 epochs; the
+            # teacher is the quick run's member 0 (the quick step first).
+            SCALE=quick tune hard_small quick-hard6-e100 epochs=100
+            SCALE=quick tune soft_small quick-soft6-e100 --mixup 1.0 temperature=5 hard_weight=0 soft_weight=1
+            SCALE=quick tune hard_small quick-hard6-e1000 epochs=1000
+            SCALE=quick VIEWS=1000 tune soft_small quick-soft6-e1000-v1000 --mixup 1.0 temperature=5 hard_weight=0 \
+                soft_weight=1 epochs=1000 ;;
         ls0)
             # Is label smoothing in the members' recipe what leaves little dark knowledge? One member without
             # it (saved as a teacher), then section 6 from it beside the runs above (Müller et al. 2019).
@@ -87,12 +100,13 @@ for step in $STEPS; do
                     ${extra[@]+"${extra[@]}"} --set "$@"
             done ;;
         variants)
+            # fp32 against the recipe's bf16 only where the CPU has bf16 (elsewhere the recipe runs in fp32)
+            fp32=$("$PY" -c 'from darkknowledge.device import cpu_supports_bf16; print("precision=fp32" if cpu_supports_bf16() else "")')
             timed variants "$PY" benchmarks/time_to_accuracy.py --data-dir "$DATA" --archs airnet-32-128-128 \
-                --epochs 10 --seeds 3 --variants base precision=fp32 lookahead=true alternate_flips=true \
-                --out "$RESULTS/airnet-variants-cpu.json" --resume ;;
+                --epochs 10 --seeds 3 --variants base $fp32 lookahead=true alternate_flips=true --resume --save "$OUT/tta-nets" ;;
         doubling)
             timed doubling "$PY" benchmarks/time_to_accuracy.py --data-dir "$DATA" \
-                --archs airnet-32-128-128 resnet-s-w8 --epochs 5 10 20 40 --resume ;;
+                --archs airnet-32-128-128 resnet-s-w8 --epochs ${DOUBLING_EPOCHS:-5 10 20 40} --resume --save "$OUT/tta-nets" ;;
         quick)
             for exp in cifar10 cifar100; do
                 timed "$exp quick" reproduce "$exp" quick "$DATA" "$OUT/$exp-quick"
@@ -104,15 +118,16 @@ for step in $STEPS; do
                 timed "cifar10 quick on $variant" reproduce cifar10 quick "$OUT/data-$variant" "$OUT/cifar10-quick-$variant"
             done ;;
         peer)
-            timed "wide members" "$PY" -m darkknowledge train --data "cifar10:$DATA" \
-                --config src/darkknowledge/recipes/cifar10/member.yaml --arch airnet-64-256-256 --epochs 10 \
-                --warmup-epochs 2 --members 4 --device cpu --out "$OUT/wide" --resume --no-progress
+            # The paper's setting at this machine's cost: the teacher is the variants step's three 10-epoch
+            # airnet-32-128-128 nets (seeds 0-2; 3.3x the student's FLOPs each, ~10x together), the student the
+            # quarter-width airnet-16-64-64 for 20 epochs; torchdistill in benchmarks/.venv-peer (its docstring
+            # sets it up) beside darkknowledge: wall time to the same accuracy.
             members=()
-            for i in 0 1 2 3; do members+=(--member "$OUT/wide/member$i"); done
+            for s in 0 1 2; do members+=(--member "$OUT/tta-nets/airnet-32-128-128-e10-s$s-base"); done
             timed peer benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir "$DATA" \
-                "${members[@]}" --device cpu ;;
+                "${members[@]}" --arch airnet-16-64-64 --epochs 20 --device cpu ;;
         *)
-            echo "unknown step $step; steps: cifar10 distill ls0 cifar100 variants doubling quick generality peer" >&2
+            echo "unknown step $step; steps: cifar10 distill patience ls0 cifar100 variants doubling quick generality peer" >&2
             exit 2 ;;
     esac
 done

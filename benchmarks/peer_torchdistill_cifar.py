@@ -9,7 +9,9 @@ same test accuracy.
     dk train --data cifar10:DIR --config src/darkknowledge/recipes/cifar10/member.yaml --arch airnet-64-256-256 \\
         --members 4 --out runs/wide
     benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir DIR \\
-        --member runs/wide/member0 --member ... [--recipe cifar10/distilled] [--epochs N] [--views 8]
+        --member runs/wide/member0 --member ... [--recipe cifar10/distilled] [--arch NET] [--epochs N] [--views 8]
+    # or, cheaper (benchmarks/cpu_long.sh's peer step): three airnet-32-128-128 nets as the teacher
+    # (time_to_accuracy.py --save DIR), --arch airnet-16-64-64 as the student
 
 The paper's setting: the members' arithmetic-mean distribution at T as the teacher, a small student (the
 `cifar10/distilled` recipe: airnet-32-128-128, Nesterov SGD at batch 1024, BN shifts at 64x the rate, a
@@ -52,6 +54,7 @@ from darkknowledge.device import resolve_precision  # noqa: E402
 from darkknowledge.errors import DKError  # noqa: E402
 from darkknowledge.evaluation import errors_from_logits, evaluate, predict_logits  # noqa: E402
 from darkknowledge.losses import ensemble_probs  # noqa: E402
+from darkknowledge.models import build_model  # noqa: E402
 from darkknowledge.teachers import Teacher  # noqa: E402
 from darkknowledge.training import lr_at, make_sgd, new_model, param_groups  # noqa: E402
 from darkknowledge.workflows import distill  # noqa: E402
@@ -161,6 +164,7 @@ def main() -> None:
     ap.add_argument("--data-dir", required=True, help="directory with the CIFAR-10 pickles")
     ap.add_argument("--member", action="append", required=True, help="a member checkpoint; repeat for each")
     ap.add_argument("--recipe", default="cifar10/distilled", help="the student's packaged recipe (FAMILY/NAME)")
+    ap.add_argument("--arch", default=None, help="the student's net (default: the recipe's)")
     ap.add_argument("--epochs", type=int, default=0, help="0: the recipe's")
     ap.add_argument("--views", type=int, default=8, help="darkknowledge's bank of augmented views")
     ap.add_argument("--peer-precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -177,9 +181,12 @@ def main() -> None:
         recipe = packaged_recipe(family, name, (TrainConfig, DistillConfig))
         data = load_cifar(args.data_dir, "cifar10")
         loaded = [load_checkpoint(p, device=device) for p in args.member]
+        if args.arch:
+            build_model(args.arch, data.in_shape, 10)  # an unknown net fails here, before any work
     except DKError as e:
         raise SystemExit(f"error: {e}") from None
-    cfg = replace(recipe[TrainConfig], seed=args.seed, device=dev, epochs=args.epochs or recipe[TrainConfig].epochs)
+    cfg = replace(recipe[TrainConfig], seed=args.seed, device=dev, epochs=args.epochs or recipe[TrainConfig].epochs,
+                  arch=args.arch or recipe[TrainConfig].arch)
     dcfg = recipe[DistillConfig]
     members = [m.eval() for m, _, _ in loaded]
     archs = [meta["arch"] for _, meta, _ in loaded]

@@ -60,6 +60,11 @@ def with_variant(cfg: TrainConfig, variant: str) -> TrainConfig:
     return build_configs((TrainConfig,), overrides, f"variant {variant!r}")[TrainConfig]
 
 
+def run_name(arch: str, epochs: int, seed: int, variant: str) -> str:
+    """A run's checkpoint directory name: ``airnet-32-128-128-e10-s0-lookahead-true``."""
+    return f"{arch}-e{epochs}-s{seed}-{variant.replace('=', '-').replace(',', '_')}"
+
+
 def compare_variants(runs: list[dict]) -> list[dict]:
     """Each variant's mean validation and test accuracy against ``base`` at the same net, epochs and seeds."""
     groups: dict[tuple, dict[int, dict]] = {}
@@ -116,6 +121,10 @@ def main() -> None:
                     help="base (the recipe) and/or key=value[,key=value] settings over it, each run beside the "
                          "others: e.g. base lookahead=true alternate_flips=true precision=fp32")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out, run the rest")
+    ap.add_argument("--save", default=None,
+                    help="keep each run's checkpoint under DIR/ARCH-eEPOCHS-sSEED-VARIANT (an interrupted run "
+                         "resumes from its last epoch; the nets serve as ensemble members, e.g. for "
+                         "peer_torchdistill_cifar.py)")
     args = ap.parse_args()
     device = torch.device(args.device)
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"time-to-accuracy-{device.type}.json")
@@ -157,7 +166,9 @@ def main() -> None:
                 continue
             cfg = budget(with_variant(base, variant), epochs, seed, args.device)
             t0 = time.perf_counter()
-            r = train(f"{arch} {epochs}ep s{seed} {variant}", data, cfg, progress=True, curve=curve)
+            ckpt = Path(args.save) / run_name(arch, epochs, seed, variant) if args.save else None
+            r = train(f"{arch} {epochs}ep s{seed} {variant}", data, cfg, out=ckpt, resume=True, progress=True,
+                      curve=curve)
             wall = time.perf_counter() - t0
             val = errors_from_logits(predict_logits(r.model, x_val), y_val, 10)["accuracy"]
             tta = errors_from_logits(predict_logits(r.model, data.x_test, tta=args.tta), data.y_test,

@@ -162,11 +162,17 @@ def test_time_to_accuracy_benchmark_side_by_side_and_resumable(cifar_dir, tmp_pa
     assert "epochs seed" not in again.stdout
     variant = "lookahead=true,alternate_flips=true"  # beside base: only the new variant trains
     more = run("time_to_accuracy.py", *args[:2], "--archs", "airnet-8-16-16", "--epochs", "1", *args[8:],
-               "--variants", "base", variant, "--resume")
+               "--variants", "base", variant, "--resume", "--save", tmp_path / "nets")
     assert more.returncode == 0, more.stderr
     res = json.loads(out.read_text())
     assert len(res["runs"]) == 5 and [v["variant"] for v in res["variants"]] == [variant]
     assert res["variants"][0]["seeds"] == [0] and "vs base" in more.stdout
+    # --save keeps the run's net (the new variant's only: the others ran before), a checkpoint dk reads
+    from darkknowledge.checkpoint import load_checkpoint
+    saved = [p.name for p in (tmp_path / "nets").iterdir()]
+    assert saved == ["airnet-8-16-16-e1-s0-lookahead-true_alternate_flips-true"]
+    _, meta, _ = load_checkpoint(tmp_path / "nets" / saved[0])
+    assert meta["arch"] == "airnet-8-16-16" and meta["epoch"] == 1
     wrong = run("time_to_accuracy.py", *args, "--variants", "lookahead=maybe")
     assert wrong.returncode != 0 and "'lookahead' must be bool" in wrong.stderr
     bad = run("time_to_accuracy.py", "--data-dir", cifar_dir, "--archs", "vgg-16", "--out", tmp_path / "bad.json")
