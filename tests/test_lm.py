@@ -60,6 +60,29 @@ def test_tails_differ_as_designed_on_a_short_top_k():
     assert all(v >= 0 for v in vals.values()) and len(set(vals.values())) == 3
 
 
+def test_sampled_shares_are_an_unbiased_estimate_and_so_is_the_gradient():
+    # Random-sampling distillation: the shares of k draws average to the teacher's distribution, and the loss on
+    # them (the renorm formula; unused slots weigh 0) has, on average over draws, the full KL's gradient.
+    torch.manual_seed(3)
+    s, t = torch.randn(4, 25, requires_grad=True), torch.randn(4, 25)  # a flat teacher: its top 8 hold ~75%
+    g = torch.Generator().manual_seed(0)
+    ids, ls = lm.sampled_slots(t, 8, g)
+    assert torch.allclose(ls.exp().sum(-1), torch.ones(4)) and (ls.exp() > 0).sum(-1).le(8).all()
+    shares, grads = torch.zeros(4, 25), torch.zeros(4, 25)
+    draws = 3000
+    for _ in range(draws):
+        ids, ls = lm.sampled_slots(t, 8, g)
+        shares.scatter_add_(1, ids, ls.exp())
+        grads += torch.autograd.grad(lm.sparse_soft_loss(s, ids, ls, 1.0, "renorm"), s)[0]
+    torch.testing.assert_close(shares / draws, F.softmax(t, -1), atol=0.01, rtol=0)
+    dense = torch.autograd.grad(lm.dense_soft_loss(s, t, 1.0), s)[0]
+    torch.testing.assert_close(grads / draws, dense, atol=0.01, rtol=0)
+    # the top k of the same size is biased: its renormalised gradient misses the tail
+    top, tid = F.log_softmax(t, -1).topk(8, -1)
+    biased = torch.autograd.grad(lm.sparse_soft_loss(s, tid, top, 1.0, "renorm"), s)[0]
+    assert (biased - dense).abs().max() > 0.05
+
+
 def test_top_k_cache_round_trip_and_its_checks(tmp_path):
     torch.manual_seed(0)
     teacher = lm.TinyGPT(60, 16, 1, 12).eval()
@@ -78,6 +101,17 @@ def test_top_k_cache_round_trip_and_its_checks(tmp_path):
         args = {**dict(teacher_fingerprint="T", tokens_digest="D", tokenizer="Z", k=5, temperature=2.0), **kw}
         with pytest.raises(DKError, match=what):
             lm.TopKCache(tmp_path / "c").load(**args)
+    with pytest.raises(DKError, match="another selection"):
+        lm.TopKCache(tmp_path / "c").load(teacher_fingerprint="T", tokens_digest="D", tokenizer="Z", k=5,
+                                          temperature=2.0, selection="sample")
+    # a cache of draws: per token the distinct tokens drawn and their shares, summing to 1; reproducible by seed
+    kw = dict(k=5, temperature=2.0, teacher_fingerprint="T", tokens_digest="D", tokenizer="Z", selection="sample")
+    lm.TopKCache.build(tmp_path / "s", teacher, x, **kw)
+    sid, sl = lm.TopKCache(tmp_path / "s").load(**{k: v for k, v in kw.items()})
+    torch.testing.assert_close(sl.float().exp().sum(-1), torch.ones(37, 12), atol=2e-3, rtol=0)
+    assert sid.shape == (37, 12, 5) and int(sid.max()) < 60
+    lm.TopKCache.build(tmp_path / "s2", teacher, x, **kw)
+    assert torch.equal(lm.TopKCache(tmp_path / "s2").load(**kw)[0], sid)
     (tmp_path / "c" / "shard-00001.safetensors").write_bytes(b"garbage")
     with pytest.raises(DKError, match="unreadable"):
         lm.TopKCache(tmp_path / "c").load(teacher_fingerprint="T", tokens_digest="D", tokenizer="Z", k=5,
@@ -124,10 +158,12 @@ def test_reproduce_lm_at_smoke_scale(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     rows = {row["experiment"]: row for row in res["rows"]}
-    for name in ("teacher", "student", "distilled_full", "distilled_top4", "distilled_top8"):
+    for name in ("teacher", "student", "distilled_full", "distilled_top4", "distilled_top8", "distilled_sample4"):
         assert rows[name]["status"] == "done" and rows[name]["metric"] == "bits_per_byte"
         assert 0 < rows[name]["mean"] < 9
     assert rows["cache_top8_bytes_per_token"]["mean"] == pytest.approx(32, abs=0.1)  # fp16 + int16 per slot
+    assert rows["cache_sample4_bytes_per_token"]["mean"] == pytest.approx(16, abs=0.1)
+    assert "sample4_vs_full_percent" in rows
     assert res["chosen"]["tail"] in lm.TAILS and (out / "curves.png").is_file()
     # a teacher trained with another tokenizer is refused by name
     from darkknowledge.experiments.lm import load_teacher

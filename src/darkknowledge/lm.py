@@ -15,6 +15,11 @@ slot where the vocabulary fits int16). The mass outside the top k is handled by 
 - ``spread``: spread evenly over the other V - k tokens (the teacher's tail as a uniform floor);
 - ``bucket``: one extra category, the student's own mass outside the teacher's top k against the teacher's.
 
+Or the cache holds k *draws* from the teacher's distribution at T instead of its top k (``selection="sample"``,
+random-sampling distillation, Anshumann et al. 2025): per token the distinct tokens drawn and their share of
+the k draws. The student's loss against that empirical distribution has, in expectation over the draws, the
+gradient of the full KL: nothing is cut off, so no tail needs handling, at the same bytes per slot.
+
 Every objective is ``T^2 * KL(p_T || q_T)`` per position (the constant teacher entropy included, so the value
 is a KL) weighted by ``soft_weight``, plus ``hard_weight`` times the next-token cross-entropy at T = 1,
 averaged over positions: ``losses.distillation_loss`` applied per token.
@@ -40,6 +45,7 @@ from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
 from darkknowledge.errors import DKError
 
 TAILS = ("renorm", "spread", "bucket")
+SELECTIONS = ("top", "sample")  # what a cache keeps of each token's distribution: its top k, or k draws
 CHUNK = 1024  # positions per loss chunk: [CHUNK, V] logits at a time
 
 
@@ -172,7 +178,7 @@ def sparse_soft_loss(logits: torch.Tensor, idx: torch.Tensor, logp_t: torch.Tens
     [c, k]`` (log-probabilities at T of tokens ``idx [c, k]``) with the tail handled by ``tail``."""
     log_q = F.log_softmax(logits / temperature, -1)
     lq_top = log_q.gather(1, idx)
-    lp = logp_t.float()
+    lp = logp_t.float().clamp_min(-1e4)  # a sampled cache's unused slots are -inf: weight 0, and 0 * (lp - lq) = 0
     if tail == "renorm":
         lp = lp - torch.logsumexp(lp, 1, keepdim=True)
         return (lp.exp() * (lp - lq_top)).sum()
@@ -187,6 +193,18 @@ def sparse_soft_loss(logits: torch.Tensor, idx: torch.Tensor, logp_t: torch.Tens
     masked = log_q.scatter(1, idx, float("-inf"))
     lq_tail = torch.logsumexp(masked, 1)
     return kl + (p_tail * (torch.log(p_tail.clamp_min(1e-30)) - lq_tail)).sum()
+
+
+def sampled_slots(logits: torch.Tensor, k: int, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """k draws with replacement from ``softmax(logits [P, V])`` per row, as ``(ids [P, k], log_share [P, k])``: the
+    draws sorted, each distinct token once with the log of its share of the k draws, repeats ``-inf`` (weight 0).
+    The shares are an unbiased estimate of the distribution: ``E[share_j] = p_j``."""
+    draws = torch.multinomial(F.softmax(logits.float(), -1), k, replacement=True, generator=generator).sort(-1).values
+    first = torch.ones_like(draws, dtype=torch.bool)
+    first[:, 1:] = draws[:, 1:] != draws[:, :-1]
+    counts = (draws[:, :, None] == draws[:, None, :]).sum(-1).float()  # [P, k, k]: k is small
+    return draws, torch.where(first, torch.log(counts / k), torch.full_like(counts, float("-inf")))
 
 
 def dense_soft_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -283,14 +301,16 @@ class TopKTargets:
 CACHE_META = "cache.json"
 
 
-def cache_key(teacher_fingerprint: str, tokens_digest: str, tokenizer: str, k: int, temperature: float) -> str:
-    return hashlib.sha256(json.dumps([teacher_fingerprint, tokens_digest, tokenizer, k, temperature]).encode()
-                          ).hexdigest()
+def cache_key(teacher_fingerprint: str, tokens_digest: str, tokenizer: str, k: int, temperature: float,
+              selection: str = "top") -> str:
+    fields = [teacher_fingerprint, tokens_digest, tokenizer, k, temperature] + ([selection] if selection != "top" else [])
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
 class TopKCache:
-    """A teacher's top-k log-probabilities at T on every position of a split, in safetensors shards under one
-    directory; ``cache.json`` (written last) names the teacher, tokens, tokenizer, k and T it holds."""
+    """A teacher's top-k log-probabilities at T on every position of a split (or, ``selection="sample"``, the
+    shares of k draws from its distribution at T), in safetensors shards under one directory; ``cache.json``
+    (written last) names the teacher, tokens, tokenizer, k, T and selection it holds."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -298,12 +318,17 @@ class TopKCache:
     @staticmethod
     def build(directory: str | Path, teacher: nn.Module, inputs: torch.Tensor, *, k: int, temperature: float,
               teacher_fingerprint: str, tokens_digest: str, tokenizer: str, batch_size: int = 64,
-              shard_windows: int = 4096, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Run ``teacher`` once over ``inputs [N, S]`` and write the cache; returns its ``cache.json``."""
+              shard_windows: int = 4096, progress: Callable[[int, int], None] | None = None,
+              selection: str = "top", seed: int = 0) -> dict[str, Any]:
+        """Run ``teacher`` once over ``inputs [N, S]`` and write the cache; returns its ``cache.json``. ``sample``
+        draws are seeded by ``seed``."""
         d = Path(directory)
         vocab = int(teacher.head_weight.shape[0])
         if not 0 < k < vocab:
             raise DKError(f"k must be in (0, {vocab}), got {k}")
+        if selection not in SELECTIONS:
+            raise DKError(f"unknown selection {selection!r}; allowed: {', '.join(SELECTIONS)}")
+        gen = torch.Generator(device=teacher.head_weight.device).manual_seed(seed)
         id_dtype = torch.int16 if vocab <= 2 ** 15 else torch.int32
         w = teacher.head_weight.detach()
         device = w.device
@@ -320,8 +345,13 @@ class TopKCache:
                     h = teacher(x).float()
                     for c0 in range(0, h.shape[1], step):
                         z = (h[:, c0:c0 + step] @ w.float().t()) / temperature
-                        top, ids = z.topk(k, -1)
-                        lps_b.append((top - torch.logsumexp(z, -1, keepdim=True)).half().cpu())
+                        if selection == "top":
+                            top, ids = z.topk(k, -1)
+                            lp = top - torch.logsumexp(z, -1, keepdim=True)
+                        else:
+                            ids, lp = sampled_slots(z.reshape(-1, vocab), k, gen)
+                            ids, lp = ids.view(*z.shape[:2], k), lp.view(*z.shape[:2], k)
+                        lps_b.append(lp.half().cpu())
                         ids_b.append(ids.to(id_dtype).cpu())
                 idx_parts.append(torch.cat(ids_b, 1))
                 lp_parts.append(torch.cat(lps_b, 1))
@@ -334,11 +364,11 @@ class TopKCache:
             shards.append({"file": name, "windows": s1 - s0})
         slots = len(inputs) * inputs.shape[1]
         size = sum((d / s["file"]).stat().st_size for s in shards)
-        meta = {"key": cache_key(teacher_fingerprint, tokens_digest, tokenizer, k, temperature), "k": k,
-                "temperature": temperature, "vocab": vocab, "windows": len(inputs), "seq_len": inputs.shape[1],
+        meta = {"key": cache_key(teacher_fingerprint, tokens_digest, tokenizer, k, temperature, selection), "k": k,
+                "temperature": temperature, "selection": selection, "vocab": vocab, "windows": len(inputs), "seq_len": inputs.shape[1],
                 "teacher": teacher_fingerprint, "tokens": tokens_digest, "tokenizer": tokenizer, "shards": shards,
                 "bytes": size, "bytes_per_token": size / slots,
-                "top_k_mass": mass / slots}  # the teacher's mean probability inside its top k
+                "top_k_mass": mass / slots}  # the teacher's mean probability inside its top k (a sample: 1)
         atomic_write_json(d / CACHE_META, meta)
         return meta
 
@@ -352,17 +382,18 @@ class TopKCache:
             raise DKError(f"corrupt teacher cache {path}: {e}") from None
 
     def load(self, *, teacher_fingerprint: str, tokens_digest: str, tokenizer: str, k: int,
-             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(idx [N, S, k], logp [N, S, k])``; a cache of another teacher, corpus, tokenizer, k or T is a
-        DKError naming what differs."""
+             temperature: float, selection: str = "top") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx [N, S, k], logp [N, S, k])``; a cache of another teacher, corpus, tokenizer, k, T or selection is
+        a DKError naming what differs."""
         meta = self.meta()
         if meta is None:
             raise DKError(f"no teacher cache at {self.dir} ({CACHE_META} not found)")
         wanted = {"teacher": teacher_fingerprint, "tokens": tokens_digest, "tokenizer": tokenizer, "k": k,
-                  "temperature": temperature}
+                  "temperature": temperature, "selection": selection}
         names = {"teacher": "another teacher", "tokens": "another corpus or split",
-                 "tokenizer": "another tokenizer", "k": "another k", "temperature": "another temperature"}
-        differ = [names[key] for key, v in wanted.items() if meta.get(key) != v]
+                 "tokenizer": "another tokenizer", "k": "another k", "temperature": "another temperature",
+                 "selection": "another selection (top k or draws)"}
+        differ = [names[key] for key, v in wanted.items() if meta.get(key, "top" if key == "selection" else None) != v]
         if differ:
             raise DKError(f"teacher cache {self.dir} is of {', '.join(differ)}: build it again for this run")
         parts = []

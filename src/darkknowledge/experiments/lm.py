@@ -7,6 +7,8 @@ size, and that student distilled three ways: on the teacher's full logits comput
 sparse cache of the teacher's top-k log-probabilities per token computed once (k = 8 and 32 by default;
 ``lm.TopKCache``). What to do with the probability mass outside the top k (``renorm``, ``spread``,
 ``bucket``) and the hard-label weight are chosen on the validation split (seed 0's teacher, the smallest k).
+Beyond the top k, the same student on a cache of k draws from the teacher's distribution per token
+(``distilled_sample{k}``, ``selection="sample"``: an unbiased estimate, no tail to handle; the chosen hard weight).
 Metric: bits per byte on the test split; also the cache's bytes per token and the teacher's cost paid once
 (the cache) against on the fly (the full-logit student's extra seconds).
 """
@@ -50,6 +52,7 @@ class Scale:
     student_epochs: int
     choice_epochs: int  # the students that choose the tail and hard weight (seed 0)
     ks: tuple[int, ...] = (8, 32)
+    sample_ks: tuple[int, ...] = (8, 32)  # caches of k draws per token (random-sampling distillation)
     tails: tuple[str, ...] = lm.TAILS
     hard_weights: tuple[float, ...] = (0.0, 0.5)
     temperature: float = 1.0
@@ -68,7 +71,7 @@ SCALES: dict[str, Scale] = {
                    teacher_epochs=6, student_epochs=4, choice_epochs=2),
     # Seconds: every stage and the results contract on a sliver.
     "smoke": Scale(teacher="gpt-32x1", student="gpt-16x1", vocab=300, seq_len=32, train_bytes=60_000,
-                   teacher_epochs=1, student_epochs=1, choice_epochs=1, ks=(4, 8), tails=("renorm", "bucket"),
+                   teacher_epochs=1, student_epochs=1, choice_epochs=1, ks=(4, 8), sample_ks=(4,), tails=("renorm", "bucket"),
                    hard_weights=(0.0,), default_seeds=1, evals=1),
 }
 
@@ -107,6 +110,8 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
         stages += [Stage(f"teacher/s{s}", "teacher", p, ("tokenizer",), 4.0 * sc.teacher_epochs),
                    Stage(f"student/s{s}", "student", p, ("tokenizer",), sc.student_epochs)]
         stages += [Stage(f"cache/s{s}/k{k}", "cache", {**p, "k": k}, (f"teacher/s{s}",), 0.5) for k in sc.ks]
+        stages += [Stage(f"cache/s{s}/sample{k}", "cache", {**p, "k": k, "selection": "sample"}, (f"teacher/s{s}",),
+                         0.5) for k in sc.sample_ks]
         if s == 0:
             stages += [Stage(name, "choose", {**p, "tail": t, "hard_weight": h}, (f"cache/s0/k{k0}",),
                              1.3 * sc.choice_epochs)
@@ -115,6 +120,8 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
                             (f"teacher/s{s}",) + choices, 2.5 * sc.student_epochs))
         stages += [Stage(f"distilled_top{k}/s{s}", "distilled", {**p, "source": "topk", "k": k},
                          (f"cache/s{s}/k{k}",) + choices, 1.3 * sc.student_epochs) for k in sc.ks]
+        stages += [Stage(f"distilled_sample{k}/s{s}", "distilled", {**p, "source": "sample", "k": k},
+                         (f"cache/s{s}/sample{k}",) + choices, 1.3 * sc.student_epochs) for k in sc.sample_ks]
     return stages
 
 
@@ -196,15 +203,17 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         teacher_path = out / inputs[f"teacher/s{seed}"]["checkpoint"]
         teacher = load_teacher(teacher_path, digest, vocab, dev)
         fp = model_digest(teacher, sc.teacher)
-        d = out / "cache" / f"s{seed}-k{p['k']}"
+        selection = p.get("selection", "top")
+        d = out / "cache" / (f"s{seed}-k{p['k']}" if selection == "top" else f"s{seed}-sample{p['k']}")
         cache = lm.TopKCache(d)
         t0 = time.perf_counter()
         meta = cache.meta()
-        key = lm.cache_key(fp, tr.digest(), digest, p["k"], sc.temperature)
+        key = lm.cache_key(fp, tr.digest(), digest, p["k"], sc.temperature, selection)
         if meta is None or meta.get("key") != key or "top_k_mass" not in meta:
             meta = lm.TopKCache.build(d, teacher, tr.inputs, k=p["k"], temperature=sc.temperature,
-                                      teacher_fingerprint=fp, tokens_digest=tr.digest(), tokenizer=digest)
-        return {"k": p["k"], "bytes_per_token": meta["bytes_per_token"], "bytes": meta["bytes"],
+                                      teacher_fingerprint=fp, tokens_digest=tr.digest(), tokenizer=digest,
+                                      selection=selection, seed=seed)
+        return {"k": p["k"], "selection": selection, "bytes_per_token": meta["bytes_per_token"], "bytes": meta["bytes"],
                 "seconds": round(time.perf_counter() - t0, 2), "top_k_mass": meta["top_k_mass"],
                 "teacher_fingerprint": fp, "dir": relative_to(out, d)}
     if stage.kind in ("choose", "distilled"):
@@ -221,13 +230,17 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
                                              sc.temperature, 1.0, hw)
             meta = {"source": "full", "hard_weight": hw, "teacher": relative_to(out, teacher_path)}
         else:
-            c = inputs[f"cache/s{seed}/k{k}"]  # the teacher the cache stage measured: a rebuilt cache must match it
+            selection = "sample" if source == "sample" else "top"
+            if selection == "sample":
+                tail = "renorm"  # the draws' shares sum to 1: no tail to handle
+            c = inputs[f"cache/s{seed}/{'sample' if selection == 'sample' else 'k'}{k}"]
+            # the teacher the cache stage measured: a rebuilt cache must match it
             idx, logp = lm.TopKCache(out / c["dir"]).load(teacher_fingerprint=c["teacher_fingerprint"],
-                                                          tokens_digest=tr.digest(),
-                                                          tokenizer=digest, k=k, temperature=sc.temperature)
+                                                          tokens_digest=tr.digest(), tokenizer=digest, k=k,
+                                                          temperature=sc.temperature, selection=selection)
             make = lambda m: lm.TokenDistill(tr.targets, lambda: m.head_weight, lm.TopKTargets(idx, logp, tail),  # noqa: E731
                                              sc.temperature, 1.0, hw)
-            meta = {"source": f"top{k}", "tail": tail, "hard_weight": hw, "cache": c["dir"]}
+            meta = {"source": f"{selection}{k}", "tail": tail, "hard_weight": hw, "cache": c["dir"]}
         _, result = _train(stage.name, p, sc.student, STUDENT, epochs, make, digest, meta)
         return {**result, **{k_: v for k_, v in meta.items() if k_ != "teacher"}, "tail": tail, "hard_weight": hw}
     raise DKError(f"unknown stage kind {stage.kind!r}")
@@ -246,13 +259,16 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
         return ([value(done[k]) for k in got], float(np.mean([secs[k] for k in got])) if got else None,
                 {k: errors[k] for k in names if k in errors})
 
-    roles = list(ROLES) + [f"distilled_top{k}" for k in sc.ks]
+    roles = list(ROLES) + [f"distilled_top{k}" for k in sc.ks] + [f"distilled_sample{k}" for k in sc.sample_ks]
     notes = {"teacher": f"{sc.teacher}, {sc.teacher_epochs} epochs, next tokens",
              "student": f"{sc.student}, {sc.student_epochs} epochs, next tokens (hard labels)",
              "distilled_full": f"{sc.student} on the teacher's full logits at T = {sc.temperature:g}, on the fly"}
     notes.update({f"distilled_top{k}": f"{sc.student} on the cached top-{k} log-probabilities at T = "
                                        f"{sc.temperature:g} (tail and hard weight chosen on validation)"
                   for k in sc.ks})
+    notes.update({f"distilled_sample{k}": f"{sc.student} on a cache of {k} draws per token from the teacher at T = "
+                                          f"{sc.temperature:g} (their shares; the chosen hard weight)"
+                  for k in sc.sample_ks})
     rows = []
     for role in roles:
         vals, spent, failed = per_seed(role)
@@ -263,14 +279,16 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
     for role in roles[2:]:
         rows.append(values_row(f"{role}_minus_student", "bits_per_byte", None, pairs(role, "student"), seeds,
                                note="per seed; below 0: distillation beat hard labels", digits=4))
-    for k in sc.ks:
-        rel = [100 * (done[f"distilled_top{k}/s{s}"]["test_bpb"] / done[f"distilled_full/s{s}"]["test_bpb"] - 1)
-               for s in range(seeds) if f"distilled_top{k}/s{s}" in done and f"distilled_full/s{s}" in done]
-        rows.append(values_row(f"top{k}_vs_full_percent", "relative_bits_per_byte_percent", None, rel, seeds,
-                               note=f"top-{k} cache against full logits, per seed", digits=3))
-        b = [done[f"cache/s{s}/k{k}"]["bytes_per_token"] for s in range(seeds) if f"cache/s{s}/k{k}" in done]
-        rows.append(values_row(f"cache_top{k}_bytes_per_token", "bytes_per_token", None, b, seeds,
-                               note="safetensors shards on disk per training token", digits=2))
+    for kind, ks, what in (("top", sc.ks, "top-{k} cache"), ("sample", sc.sample_ks, "cache of {k} draws")):
+        for k in ks:
+            role, cache = f"distilled_{kind}{k}", f"k{k}" if kind == "top" else f"sample{k}"
+            rel = [100 * (done[f"{role}/s{s}"]["test_bpb"] / done[f"distilled_full/s{s}"]["test_bpb"] - 1)
+                   for s in range(seeds) if f"{role}/s{s}" in done and f"distilled_full/s{s}" in done]
+            rows.append(values_row(f"{kind}{k}_vs_full_percent", "relative_bits_per_byte_percent", None, rel, seeds,
+                                   note=f"{what.format(k=k)} against full logits, per seed", digits=3))
+            b = [done[f"cache/s{s}/{cache}"]["bytes_per_token"] for s in range(seeds) if f"cache/s{s}/{cache}" in done]
+            rows.append(values_row(f"cache_{kind}{k}_bytes_per_token", "bytes_per_token", None, b, seeds,
+                                   note="safetensors shards on disk per training token", digits=2))
     cost = _teacher_cost(done, sc, seeds)
     choices = {k.split("/", 1)[1]: {"val_bpb": r["val_bpb"], "tail": r["tail"], "hard_weight": r["hard_weight"]}
                for k, r in done.items() if k.startswith("choose/")}
