@@ -17,6 +17,7 @@
 #   doubling    time_to_accuracy.py: airnet and resnet-s-w8 at 5, 10, 20, 40 epochs (~2 h)
 #   quick       dk reproduce cifar10/cifar100 --quick on the real data, timed (<= 20 min each is the target)
 #   generality  dk reproduce cifar10 --quick on benchmarks/cifar_variants.py's data sets (never tuned on)
+#   robustness  benchmarks/robustness.py --scale quick: dk reproduce mnist on MNIST and 5 other 28x28 sets (~1 h)
 #   peer        peer_torchdistill_cifar.py in benchmarks/.venv-peer (its docstring sets it up): the variants
 #               step's 10-epoch airnet-32-128-128 nets into airnet-16-64-64, beside torchdistill (~1 h)
 # Nothing else should run beside it: two processes of two threads each on two cores run several times slower.
@@ -25,7 +26,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DK_DATA:-$PWD/.cache/data}"
-STEPS="${STEPS:-cifar10 distill patience ls0 cifar100 variants doubling quick generality peer}"
+STEPS="${STEPS:-cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness peer}"
 RESULTS=benchmarks/results
 mkdir -p "$OUT"
 if [ ! -d "$DATA/cifar-100-python" ]; then
@@ -117,6 +118,10 @@ for step in $STEPS; do
                     "$PY" benchmarks/cifar_variants.py --data-dir "$DATA" --variant "$variant" --out "$OUT/data-$variant"
                 timed "cifar10 quick on $variant" reproduce cifar10 quick "$OUT/data-$variant" "$OUT/cifar10-quick-$variant"
             done ;;
+        robustness)
+            # Issue 18's standing check: dk reproduce mnist --quick on MNIST, its variants and the 28x28 CIFAR sets
+            timed "robustness quick" "$PY" benchmarks/robustness.py --mnist "$DATA" --cifar "$DATA" --scale quick \
+                --work "$OUT/robustness" --resume ;;
         peer)
             # The paper's setting at this machine's cost: the teacher is the variants step's three 10-epoch
             # airnet-32-128-128 nets (seeds 0-2; 3.3x the student's FLOPs each, ~10x together), the student the
@@ -127,7 +132,7 @@ for step in $STEPS; do
             timed peer benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir "$DATA" \
                 "${members[@]}" --arch airnet-16-64-64 --epochs 20 --device cpu ;;
         *)
-            echo "unknown step $step; steps: cifar10 distill patience ls0 cifar100 variants doubling quick generality peer" >&2
+            echo "unknown step $step; steps: cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness peer" >&2
             exit 2 ;;
     esac
 done
