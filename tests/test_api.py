@@ -116,6 +116,18 @@ def test_a_torchvision_module():
     assert student is model and report.test["test_size"] == 16
 
 
+def test_a_timm_module():
+    timm = pytest.importorskip("timm", reason="timm needs torchvision, which does not import beside torch 2.13 here; "
+                               "`pip install torch==2.14.1 torchvision==0.29.1 timm` gives an environment where it does")
+    x = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(96) % 4
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4)  # built from its config: no download
+    student, report = dk.distill(model, net_conv(), (x, y, x[:16], y[:16]), epochs=1, progress=False, **FAST)
+    assert report.test["test_size"] == 16  # timm's module as the teacher
+    student, report = dk.distill(net_conv(), model, (x, y, x[:16], y[:16]), epochs=1, progress=False, **FAST)
+    assert student is model and report.test["test_size"] == 16  # and as the student
+
+
 def net_conv() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
