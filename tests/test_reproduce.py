@@ -116,6 +116,10 @@ def test_killed_run_resumes_to_the_same_numbers(reference, mnist_dir, tmp_path):
     assert numbers(res) == numbers(reference[2])
     first, resumed = res["invocations"]  # the killed run and its resume, each with the machine it ran on
     assert first["hardware"] == resumed["hardware"] == res["hardware"] and first["started"] <= resumed["started"]
+    # the wall time is the whole run's: the killed piece (as its last results.json had it) plus the resume
+    assert first["wall_seconds"] == partial["wall_seconds"] > 0 and resumed["wall_seconds"] > 0
+    assert res["wall_seconds"] == pytest.approx(first["wall_seconds"] + resumed["wall_seconds"], abs=0.11)
+    assert "over 2 invocations" in (out / "results.md").read_text()
 
 
 def test_a_failing_stage_is_recorded_and_the_others_still_run(mnist_dir, tmp_path, monkeypatch, capsys):

@@ -294,8 +294,11 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
     # Table 4: by how many specialists cover the true class, pooled over seeds (each has its own clusters).
     table4 = sp.pool_coverage([done[f"combine/s{s}"]["covered_by"] for s in range(seeds) if f"combine/s{s}" in done])
     for t in table4:
+        gains = t.pop("seed_gains")
+        if not gains:  # no seed's generalist gets one of these right: no relative gain (table 4 still shows them)
+            continue
         rows.append(_row(f"covered_by_{t['k']}", "relative_gain_percent", PAPER_TABLE4.get(min(t["k"], 6)),
-                         t.pop("seed_gains"), t["seeds"],
+                         gains, t["seeds"],
                          note=f"test examples whose true class {t['k']} specialists cover (seeds that have such "
                               "classes)"))
     soft = {}

@@ -326,12 +326,21 @@ def rows_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _over(invocations: list[dict[str, Any]]) -> str:
+    """`` over N invocations (a + b s)`` for a resumed run (its pieces' wall seconds where recorded), else ``""``."""
+    if len(invocations) < 2:
+        return ""
+    parts = [f"{i['wall_seconds']:.0f}" if "wall_seconds" in i else "?" for i in invocations]
+    return f" over {len(invocations)} invocations ({' + '.join(parts)} s)"
+
+
 def markdown(exp: Experiment, results: dict[str, Any]) -> str:
     """The results document: header, preface, rows table, the experiment's sections, failed stages."""
     lines = [f"# {exp.title} ({results['scale']} scale)", "",
              f"Hardware: {results['hardware']}; precision {results['precision']}; seeds {results['seeds']}; "
              f"commit {results['commit'][:12]}; {results['stages_done']}/{results['stages_total']} stages done, "
-             f"{results['total_seconds']:.0f} s of stages, {results['wall_seconds']:.0f} s wall.", ""]
+             f"{results['total_seconds']:.0f} s of stages, {results['wall_seconds']:.0f} s wall"
+             f"{_over(results.get('invocations', []))}.", ""]
     lines += exp.preface(results)
     lines += rows_table(results["rows"]) + checks_markdown(results.get("teacher_check", [])) + exp.markdown(results)
     failed = [s for s in results["stages"] if s["status"] == FAILED]
@@ -373,6 +382,13 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
         # the machine that resumed it, so the stages an earlier one ran are traced here.
         earlier = (json.loads((out / MANIFEST).read_text()).get("invocations", [])
                    if resume and (out / MANIFEST).is_file() else [])
+        # The wall time of the invocations before this one (what results.json summed so far): a resumed run's
+        # wall time is its whole, not its last piece.
+        previous = out / "results.json"
+        prev = json.loads(previous.read_text()) if resume and earlier and previous.is_file() else {}
+        earlier_wall = float(prev.get("wall_seconds") or 0.0)
+        walls = {i.get("started"): i["wall_seconds"] for i in prev.get("invocations", []) if "wall_seconds" in i}
+        earlier = [{**i, "wall_seconds": walls[i.get("started")]} if i.get("started") in walls else i for i in earlier]
         invocations = earlier + [{"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
                                   "hardware": hardware(dev), "workers": workers, "executor": executor,
                                   **({"changed": changed, "ran_again": [s.name for s in stale]} if changed else {})}]
@@ -388,15 +404,17 @@ def reproduce(exp: Experiment, data_dir: str | Path, out: str | Path, scale: str
 
         def results(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
             stage_rows = stage_table(stages, records)
+            this = round(time.perf_counter() - t0, 1)
             return {"experiment": exp.name, "hardware": hardware(dev), "commit": git_commit(), "scale": scale,
                     "scale_config": dataclasses.asdict(sc), "device": str(dev), "torch": torch.__version__,
                     "precision": resolve_precision(exp.precision, dev), "seeds": list(range(seeds)),
-                    "wall_seconds": round(time.perf_counter() - t0, 1),
+                    "wall_seconds": round(earlier_wall + this, 1),
                     "total_seconds": round(sum(r["seconds"] for r in stage_rows), 1),
                     "stages_done": sum(r["status"] == DONE for r in stage_rows), "stages_total": len(stage_rows),
                     **summary(records), "stages": stage_rows,
                     "configs": {k: dataclasses.asdict(v) for k, v in exp.configs(sc).items()},
-                    "workers": workers, "executor": executor, "invocations": invocations}
+                    "workers": workers, "executor": executor,
+                    "invocations": invocations[:-1] + [{**invocations[-1], "wall_seconds": this}]}
 
         def write(records: dict[str, dict[str, Any]]) -> None:
             res = results(records)
