@@ -62,13 +62,16 @@ def main() -> None:
         sc = replace(sc, train_limit=args.train_limit)
     soft = args.role in ("distilled", "soft_small")
     classes = (TrainConfig, DistillConfig)
-    base = {**dataclasses.asdict(cifar10.DISTILLED if soft else cifar10.MEMBER), **dataclasses.asdict(cifar10.DISTILL)}
     epochs = sc.small_epochs if "small" in args.role else sc.student_epochs if soft else sc.member_epochs
-    base.update(arch=sc.arch or base["arch"], epochs=epochs, seed=args.seed, device="cpu",
-                batch_size=sc.batch_size or base["batch_size"])
-    if "small" in args.role:  # the reproduction's section-6 settings (the soft run's bank: --views)
-        base.update(batch_size=cifar10.SMALL_BATCH)
+    # The recipe exactly as the reproduction scales it (cifar10.scaled: net, batch and the peak lr scaled linearly
+    # with it, warm-up); section 6 at its batch (the soft run's bank: --views). Before 2026-12-06 this script kept
+    # the recipe's lr at the scale's batch (section 6: lr 1.5 at batch 64, 16x the reproduction's).
+    recipe = cifar10.scaled(cifar10.DISTILLED if soft else cifar10.MEMBER, sc, epochs, args.seed, "cpu",
+                            cifar10.SMALL_BATCH if "small" in args.role else 0)
+    base = {**dataclasses.asdict(recipe), **dataclasses.asdict(cifar10.DISTILL)}
     overrides = parse_overrides(args.set)
+    if "batch_size" in overrides and "lr" not in overrides:  # another batch: the lr scaled with it, as the scales do
+        overrides["lr"] = recipe.lr * overrides["batch_size"] / recipe.batch_size
     cfgs = build_configs(classes, {**base, **overrides}, "--set")
     cfg, dcfg = cfgs[TrainConfig], cfgs[DistillConfig]
     cfg = replace(cfg, eval_every=cfg.epochs)

@@ -192,3 +192,24 @@ def test_cifar_variants_are_cifar10_pickles_that_dk_reads(cifar_dir, tmp_path):
     inv, orig = load_cifar(tmp_path / "i", "cifar10"), load_cifar(cifar_dir, "cifar10")
     assert torch.equal(inv.x_test[:5, 0], 255 - orig.x_test[:5, 1]) and not torch.equal(inv.y_test, orig.y_test)
     assert inv.class_names[int(inv.y_test[0])] == orig.class_names[int(orig.y_test[0])]  # names follow the labels
+
+
+def test_cifar10_tuning_runs_the_recipe_as_the_reproduction_scales_it(cifar_dir, tmp_path):
+    # One tuning line per run, on the scale's validation split, with the reproduction's own config: the peak lr
+    # scaled with the scale's batch (section 6: batch 64), unless --set gives another batch (scaled too) or lr.
+    from darkknowledge.experiments import cifar10
+
+    out = tmp_path / "tuning.jsonl"
+    sc = cifar10.SCALES["smoke"]
+    for role, extra in (("member", ()), ("hard_small", ("--set", "epochs=1")),
+                        ("member", ("--set", "epochs=1", "batch_size=64"))):
+        r = run("cifar10_tuning.py", "--data-dir", cifar_dir, "--scale", "smoke", "--role", role, "--tag", role,
+                "--out", out, *extra)
+        assert r.returncode == 0, r.stderr
+    member, small, other = [json.loads(line) for line in out.read_text().splitlines()]
+    want = cifar10.scaled(cifar10.MEMBER, sc, sc.member_epochs, 0, "cpu")
+    assert (member["config"]["lr"], member["config"]["batch_size"]) == (want.lr, want.batch_size)
+    assert member["config"]["arch"] == sc.arch and member["val_size"] == sc.val_size
+    small_lr = cifar10.scaled(cifar10.MEMBER, sc, 1, 0, "cpu", cifar10.SMALL_BATCH).lr
+    assert small["config"]["batch_size"] == cifar10.SMALL_BATCH and small["config"]["lr"] == pytest.approx(small_lr)
+    assert other["config"]["lr"] == pytest.approx(want.lr * 64 / want.batch_size)
