@@ -96,3 +96,24 @@ def test_the_teacher_check_of_a_run_from_before_it_uses_the_test_split(smoke):
     members = [records[f"member/m{i}"]["result"]["test_errors"] for i in range(sc.members)]
     assert check["split"] == "test" and check["baseline_errors"] == members
     assert check["teacher_errors"] == [old["arithmetic"]] * sc.members and "predates" in check["note"]
+
+
+def test_generality_summary_reads_a_reproduction(smoke, tmp_path):
+    # benchmarks/cifar_generality.py: per seed, the orderings the issue asks of unseen data sets, from results.json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, out = smoke
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "cifar_generality.py"
+    r = subprocess.run([sys.executable, str(script), f"smoke={out}", "--out", str(tmp_path / "g.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    row = json.loads((tmp_path / "g.json").read_text())["sets"][0]
+    res = json.loads((out / "results.json").read_text())
+    single = next(x for x in res["rows"] if x["experiment"] == "single")["values"]
+    assert row["set"] == "smoke" and row["single_mean"] == pytest.approx(sum(single) / len(single))
+    assert row["distilled_above_single_every_seed"] == all(s["distilled"] > row["single_mean"] for s in row["seeds"])
+    assert "| smoke |" in r.stdout
+    bad = subprocess.run([sys.executable, str(script), f"x={tmp_path / 'none'}"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "no results.json" in bad.stderr
