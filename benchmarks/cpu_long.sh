@@ -18,6 +18,7 @@
 #   quick       dk reproduce cifar10/cifar100 --quick on the real data, timed (<= 20 min each is the target)
 #   generality  dk reproduce cifar10 --quick on benchmarks/cifar_variants.py's data sets (never tuned on)
 #   robustness  benchmarks/robustness.py --scale quick: dk reproduce mnist on MNIST and 5 other 28x28 sets (~1 h)
+#   lm          dk reproduce lm --quick on the CPython standard library (~30 min)
 #   peer        peer_torchdistill_cifar.py in benchmarks/.venv-peer (its docstring sets it up): the variants
 #               step's 10-epoch airnet-32-128-128 nets into airnet-16-64-64, beside torchdistill (~1 h)
 # Nothing else should run beside it: two processes of two threads each on two cores run several times slower.
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DK_DATA:-$PWD/.cache/data}"
-STEPS="${STEPS:-cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness peer}"
+STEPS="${STEPS:-cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness lm peer}"
 RESULTS=benchmarks/results
 mkdir -p "$OUT"
 if [ ! -d "$DATA/cifar-100-python" ]; then
@@ -122,17 +123,23 @@ for step in $STEPS; do
             # Issue 18's standing check: dk reproduce mnist --quick on MNIST, its variants and the 28x28 CIFAR sets
             timed "robustness quick" "$PY" benchmarks/robustness.py --mnist "$DATA" --cifar "$DATA" --scale quick \
                 --work "$OUT/robustness" --resume ;;
+        lm)
+            # Issue 19: token-level distillation at the quick scale on the CPython standard library's source
+            stdlib=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+            timed "lm quick" reproduce lm quick "$stdlib" "$OUT/lm-quick" ;;
         peer)
             # The paper's setting at this machine's cost: the teacher is the variants step's three 10-epoch
             # airnet-32-128-128 nets (seeds 0-2; 3.3x the student's FLOPs each, ~10x together), the student the
             # quarter-width airnet-16-64-64 for 20 epochs; torchdistill in benchmarks/.venv-peer (its docstring
             # sets it up) beside darkknowledge: wall time to the same accuracy.
+            # PEER_MEMBERS="DIR DIR ..." names other member checkpoints (e.g. the quick airnet-32 run's members)
             members=()
             for s in 0 1 2; do members+=(--member "$OUT/tta-nets/airnet-32-128-128-e10-s$s-base"); done
+            if [ -n "${PEER_MEMBERS:-}" ]; then members=(); for m in $PEER_MEMBERS; do members+=(--member "$m"); done; fi
             timed peer benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir "$DATA" \
                 "${members[@]}" --arch airnet-16-64-64 --epochs 20 --device cpu ;;
         *)
-            echo "unknown step $step; steps: cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness peer" >&2
+            echo "unknown step $step; steps: cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness lm peer" >&2
             exit 2 ;;
     esac
 done
