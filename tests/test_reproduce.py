@@ -236,3 +236,15 @@ def test_held_out_teachers_reuse_the_choice_run_and_are_checked_on_validation(mn
     assert val_check["baseline_errors"] == [stages["choose__student"]["val_errors"]] * 2
     with pytest.raises(ValueError, match="epochs must agree"):
         replace(sc, choice_teacher_epochs=sc.teacher_epochs + 1)
+
+
+def test_a_training_limit_keeps_every_class_of_a_sorted_data_set():
+    """The scale's train_limit takes a fixed, stratified subset in file order, not the first N images: on a
+    data set sorted by class the first N would hold a class or two."""
+    import torch
+
+    y = torch.arange(10).repeat_interleave(600)  # sorted by class, 600 each
+    keep = mnist.training_subset(y, 1000)
+    assert len(keep) == 1000 and bool((keep[1:] > keep[:-1]).all())
+    assert torch.bincount(y[keep], minlength=10).tolist() == [100] * 10
+    assert torch.equal(keep, mnist.training_subset(y, 1000))  # fixed: every seed and stage sees the same images
