@@ -132,12 +132,13 @@ for step in $STEPS; do
             # airnet-32-128-128 nets (seeds 0-2; 3.3x the student's FLOPs each, ~10x together), the student the
             # quarter-width airnet-16-64-64 for 20 epochs; torchdistill in benchmarks/.venv-peer (its docstring
             # sets it up) beside darkknowledge: wall time to the same accuracy.
-            # PEER_MEMBERS="DIR DIR ..." names other member checkpoints (e.g. the quick airnet-32 run's members)
+            # PEER_MEMBERS="DIR DIR ..." names other member checkpoints (e.g. the quick airnet-32 run's members);
+            # PEER_EPOCHS and PEER_VIEWS the student's epochs and the bank's views (20 and 8)
             members=()
             for s in 0 1 2; do members+=(--member "$OUT/tta-nets/airnet-32-128-128-e10-s$s-base"); done
             if [ -n "${PEER_MEMBERS:-}" ]; then members=(); for m in $PEER_MEMBERS; do members+=(--member "$m"); done; fi
             timed peer benchmarks/.venv-peer/bin/python benchmarks/peer_torchdistill_cifar.py --data-dir "$DATA" \
-                "${members[@]}" --arch airnet-16-64-64 --epochs 20 --device cpu ;;
+                "${members[@]}" --arch airnet-16-64-64 --epochs "${PEER_EPOCHS:-20}" --views "${PEER_VIEWS:-8}" --device cpu ;;
         *)
             echo "unknown step $step; steps: cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness lm peer" >&2
             exit 2 ;;
