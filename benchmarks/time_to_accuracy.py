@@ -11,7 +11,8 @@ include that evaluation). Beside them, in
 the same process: the machine's CPU flags and its own 3x3 convolution rate in fp32 and (where the CPU has
 it) bf16, so seconds on another machine read as a ratio. Every finished run is written to the JSON at once
 (``--resume`` skips those already there); the end prints a table and the epochs at which doubling the
-budget gains < 0.5 validation points. Writes benchmarks/results/time-to-accuracy-<device>.json.
+budget gains < 0.5 validation points. Writes benchmarks/results/time-to-accuracy-<device>.json and a
+plot of the curves beside it (.png; ``--plot-only`` redraws it from the JSON).
 """
 
 from __future__ import annotations
@@ -104,6 +105,42 @@ def doubling(runs: list[dict], arch: str) -> dict | None:
     return {"gains": gains, "converged_at_epochs": chosen}
 
 
+def plot(payload: dict, path: Path) -> Path:
+    """Test accuracy on the curve's sample after each epoch against cumulative wall seconds and against epochs,
+    one line per run of the recipe (variants left out): the curve the convergence protocol rests on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from darkknowledge.experiments.report import save_figure
+
+    fig, (by_time, by_epoch) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {a: f"C{i}" for i, a in enumerate(sorted({r["arch"] for r in payload["runs"]}))}
+    for r in payload["runs"]:
+        if r.get("variant", "base") != "base" or not r["curve"]:
+            continue
+        size = payload["curve_size"]
+        acc = [100 * (1 - h["test_errors"] / size) for h in r["curve"]]
+        seconds = list(itertools.accumulate(h["seconds"] for h in r["curve"]))
+        style = dict(color=colours[r["arch"]], alpha=0.4 + 0.6 * r["epochs"] / max(x["epochs"] for x in payload["runs"]),
+                     label=f"{r['arch']} {r['epochs']} ep s{r['seed']}")
+        by_time.plot(seconds, acc, marker=".", **style)
+        by_epoch.plot([h["epoch"] for h in r["curve"]], acc, marker=".", **style)
+    by_time.set_xscale("log")
+    by_time.set_xlabel("wall seconds (training and the per-epoch curve evaluation)")
+    by_epoch.set_xlabel("epoch")
+    for ax in (by_time, by_epoch):
+        ax.set_ylabel(f"test accuracy, % ({payload['curve_size']:,} test images)")
+        ax.set_ylim(bottom=50)
+        ax.grid(alpha=0.3)
+    by_epoch.legend(fontsize=7)
+    rates = ", ".join(f"{k} {v} GFLOP/s" for k, v in payload["conv_gflops"].items())
+    fig.suptitle(f"CIFAR-10 time to accuracy, {payload['cpu_threads']} threads, {payload['precision']} "
+                 f"(3x3 convolution rate: {rates})", fontsize=9)
+    return save_figure(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True)
@@ -125,9 +162,15 @@ def main() -> None:
                     help="keep each run's checkpoint under DIR/ARCH-eEPOCHS-sSEED-VARIANT (an interrupted run "
                          "resumes from its last epoch; the nets serve as ensemble members, e.g. for "
                          "peer_torchdistill_cifar.py)")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG beside --out from its JSON, run nothing")
     args = ap.parse_args()
     device = torch.device(args.device)
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"time-to-accuracy-{device.type}.json")
+    if args.plot_only:
+        if not out.exists():
+            raise SystemExit(f"error: no results at {out} to plot")
+        print(f"wrote {plot(json.loads(out.read_text()), out.with_suffix('.png'))}")
+        return
     configs = {a: recipe_for(a) for a in args.archs}  # bad names and settings fail before any work
     try:
         for a, v in itertools.product(args.archs, args.variants):
@@ -196,7 +239,7 @@ def main() -> None:
               f"{v['train_seconds_ratio']:.2f}x the training seconds")
     for a, c in payload["convergence"].items():
         print(f"{a}: validation gain from doubling the epochs {c['gains']}; converged at {c['converged_at_epochs']}")
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot(payload, out.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":
