@@ -248,3 +248,14 @@ def test_a_training_limit_keeps_every_class_of_a_sorted_data_set():
     assert len(keep) == 1000 and bool((keep[1:] > keep[:-1]).all())
     assert torch.bincount(y[keep], minlength=10).tolist() == [100] * 10
     assert torch.equal(keep, mnist.training_subset(y, 1000))  # fixed: every seed and stage sees the same images
+
+
+def test_restricted_transfer_sets_take_as_many_steps_as_the_whole_one():
+    """With restricted_same_steps the omit-3 and 7s-and-8s students' epochs grow as their transfer set shrinks."""
+    import torch
+
+    y = torch.arange(10).repeat_interleave(100)
+    assert mnist.restricted_epochs(8, y, (7, 8), only=True) == 40  # 200 of 1,000 images: 5x the epochs
+    assert mnist.restricted_epochs(8, y, (3,), only=False) == 9  # 900 of 1,000: ceil(8.9)
+    assert mnist.restricted_epochs(8, y, (3,), only=False) >= 8
+    assert mnist.SCALES["quick"].restricted_same_steps and not mnist.SCALES["full"].restricted_same_steps
