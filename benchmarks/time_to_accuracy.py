@@ -143,7 +143,7 @@ def plot(payload: dict, path: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--data-dir", help="CIFAR-10 pickles (required unless --plot-only)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", nargs="+", default=["airnet-32-128-128", "resnet-s-w8"])
     ap.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20])
@@ -171,6 +171,8 @@ def main() -> None:
             raise SystemExit(f"error: no results at {out} to plot")
         print(f"wrote {plot(json.loads(out.read_text()), out.with_suffix('.png'))}")
         return
+    if not args.data_dir:
+        ap.error("--data-dir is required")
     configs = {a: recipe_for(a) for a in args.archs}  # bad names and settings fail before any work
     try:
         for a, v in itertools.product(args.archs, args.variants):

@@ -157,6 +157,12 @@ def test_time_to_accuracy_benchmark_side_by_side_and_resumable(cifar_dir, tmp_pa
     assert res["conv_gflops"]["fp32"] > 0 and res["cpu"]["flags"] and res["train_size"] == res["test_size"] == 500
     assert all(len(row["curve"]) == row["epochs"] and 0 <= row["test_accuracy_tta"] <= 1 for row in res["runs"])
     assert set(res["convergence"]["airnet-8-16-16"]["gains"]) == {"1->2"}
+    from PIL import Image
+
+    assert Image.open(out.with_suffix(".png")).size[0] > 500  # the curves, drawn beside the JSON
+    out.with_suffix(".png").unlink()
+    redraw = run("time_to_accuracy.py", "--plot-only", "--out", out)
+    assert redraw.returncode == 0 and out.with_suffix(".png").exists()
     again = run("time_to_accuracy.py", *args, "--resume")  # every run is there already: nothing trains
     assert again.returncode == 0 and len(json.loads(out.read_text())["runs"]) == 4
     assert "epochs seed" not in again.stdout
