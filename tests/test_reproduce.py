@@ -259,3 +259,12 @@ def test_restricted_transfer_sets_take_as_many_steps_as_the_whole_one():
     assert mnist.restricted_epochs(8, y, (3,), only=False) == 9  # 900 of 1,000: ceil(8.9)
     assert mnist.restricted_epochs(8, y, (3,), only=False) >= 8
     assert mnist.SCALES["quick"].restricted_same_steps and not mnist.SCALES["full"].restricted_same_steps
+
+
+def test_a_training_limit_stratifies_when_a_label_is_absent():
+    """A class with no images at all (label 5 never used) must not turn stratification off."""
+    import torch
+
+    y = torch.tensor([0, 1, 2, 3, 4, 6, 7, 8, 9]).repeat_interleave(100)
+    keep = mnist.training_subset(y, 450)
+    assert torch.bincount(y[keep], minlength=10).tolist() == [50] * 5 + [0] + [50] * 4

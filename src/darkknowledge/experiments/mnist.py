@@ -218,13 +218,14 @@ def training_subset(y: torch.Tensor, n: int) -> torch.Tensor:
     from sklearn.model_selection import train_test_split
 
     labels = y.numpy()
+    counts = np.bincount(labels)  # as api._held_out: stratify when every present class has two images
     keep, _ = train_test_split(np.arange(len(labels)), train_size=n, random_state=0,
-                               stratify=labels if np.bincount(labels).min() >= 2 else None)
+                               stratify=labels if counts[counts > 0].min() >= 2 else None)
     return torch.from_numpy(np.sort(keep))
 
 
 def load_data_for(data_dir: str | Path, scale: Scale, device: torch.device) -> Dataset:
-    """Real MNIST (trimmed for the smoke scale), resident on ``device`` for every stage."""
+    """Real MNIST (the scale's ``training_subset`` where it sets train_limit), resident on ``device`` for every stage."""
     key = (str(data_dir), str(scale.train_limit), str(device))
     if key not in _DATA:
         data = load_mnist(data_dir)
