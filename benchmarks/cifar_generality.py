@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
+from common import RESULTS, save  # noqa: E402
 
 
 def values(results: dict, name: str) -> list[float]:
@@ -63,9 +63,7 @@ def main() -> None:
     payload = {"benchmark": "cifar_generality", "command": "dk reproduce cifar10", "scale": sorted(scale),
                "orderings": "ensemble > members' mean; distilled > members' mean (and > its own member); "
                             "soft 3% > hard 3%; test accuracy per seed", "sets": rows}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(out)
+    save(out.name, payload, out.parent)
     print("| data set | single (mean) | ensemble | distilled per seed | gain kept % | soft / hard 3% per seed | "
           "ensemble > single | distilled > single, every seed | soft > hard, every seed | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -68,11 +68,14 @@ def timed(fn, device: torch.device):
 
 
 def save(name: str, payload: dict[str, Any], out_dir: str | Path | None = None) -> Path:
-    """Write ``payload`` as JSON to ``out_dir/name`` (default: benchmarks/results/)."""
+    """Write ``payload`` as JSON to ``out_dir/name`` (default: benchmarks/results/), atomically: a cut-off run never
+    leaves half a file."""
     out = Path(out_dir) if out_dir else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
     return path
 
 
