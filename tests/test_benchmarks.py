@@ -112,6 +112,8 @@ def test_robustness_runs_the_reproduction_on_data_it_never_saw(mnist_dir, cifar_
     assert f"{row['chosen']['teacher']} teacher, T " in r.stdout
     again = run("robustness.py", *args, "--resume")  # every stage is done: nothing trains again
     assert again.returncode == 0 and json.loads(out.read_text())["sets"][0]["seeds"] == row["seeds"]
+    # its wall is the reproduction's over both calls, not the resumed call's few seconds
+    assert json.loads(out.read_text())["sets"][0]["wall_seconds"] >= row["wall_seconds"] > 0
     refused = run("robustness.py", *args)  # neither --resume nor --overwrite: the finished run is kept
     assert refused.returncode != 0 and "--resume" in refused.stderr
 
