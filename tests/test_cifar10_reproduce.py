@@ -38,12 +38,6 @@ def test_smoke_reproduction_writes_the_results_contract(smoke):
     assert long["epochs"] == 2 and long["tta"] == 1
     assert res["stages_done"] == res["stages_total"] and res["test_size"] == 10_000
     assert {s["temperature"] for s in res["temperature_selection"]} == {2.0, 5.0}
-    # The temperature's validation runs are seed 0's students at full length; seed 0's distilled student is the
-    # chosen one, not trained again.
-    d0 = json.loads((out / "stages" / "distilled__s0.json").read_text())["result"]
-    best = min(res["temperature_selection"], key=lambda s: (s["val_errors"], s["temperature"]))
-    assert d0["reused"] == f"select/T{best['temperature']:g}" and d0["temperature"] == best["temperature"]
-    assert d0["epochs"] == 2 and "accuracy_tta" in d0 and not (out / "models" / "distilled__s0").exists()
     tc = res["teacher_cost"]
     assert tc["bank_seconds"] > 0 and tc["cache_hits"] >= 1  # the students drew on the bank, not the members
     soft = json.loads((out / "stages" / "soft3__s0.json").read_text())["result"]

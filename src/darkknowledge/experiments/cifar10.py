@@ -73,7 +73,7 @@ class Scale:
     members: int
     member_epochs: int
     student_epochs: int
-    select_epochs: int  # each temperature's validation run (unless select_full)
+    select_epochs: int  # each temperature's validation run
     temperatures: tuple[float, ...]
     small_epochs: int  # the 3%-data runs (no early stopping)
     views: int  # augmented views per transfer image in the soft-target bank
@@ -88,11 +88,6 @@ class Scale:
     arch: str | None = None  # None: the recipes' (airnet-32-128-128)
     batch_size: int = 0  # members and students; 0: the recipes' (1024), else the peak lr scaled linearly with it
     tta: int = 2  # test-time augmentation level of the *_tta rows (evaluation.TTA_LEVELS)
-    # The temperature's validation runs are seed 0's students themselves, as long as the students (select_epochs
-    # unused), and seed 0's distilled student is the chosen one: a short run is a poor proxy (quick split, seed 0:
-    # T 2 vs 5 tied at 4 epochs, 353 vs 354 validation errors; at 12 epochs T 4 beat T 2 by 9, recipes/README.md),
-    # and reusing the chosen run costs one student per extra temperature.
-    select_full: bool = False
 
 
 SCALES: dict[str, Scale] = {
@@ -108,13 +103,13 @@ SCALES: dict[str, Scale] = {
     # scale took 3,275 s there (recipes/README.md).
     "quick": Scale(members=3, member_epochs=12, student_epochs=12, select_epochs=4, temperatures=(2, 5),
                    small_epochs=100, views=8, val_size=1000, train_limit=10_000, fraction=0.06, batch_size=512,
-                   arch="airnet-16-64-64", geometric_seeds=0, select_full=True),
+                   arch="airnet-16-64-64", geometric_seeds=0),
     # Seconds: every stage and the results contract on 1,200 images; students twice the members' epochs, so
     # the equal-budget single net runs too.
     "smoke": Scale(members=2, member_epochs=1, student_epochs=2, select_epochs=1, temperatures=(2, 5),
                    small_epochs=2, views=2, small_views=4, small_temperatures=(2, 5), val_size=200, train_limit=1200,
                    fraction=0.1, default_seeds=1,
-                   arch="airnet-8-16-16", batch_size=128, tta=1, select_full=True),
+                   arch="airnet-8-16-16", batch_size=128, tta=1),
 }
 SMALL_BATCH = 64  # the small-data runs (section 6)
 EVALS = 4  # test evaluations per run (and after the last epoch)
@@ -175,15 +170,12 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     stages.append(Stage("ensemble", "ensemble", ctx, member_names, cost=sc.views * members * n / 3e5))
     select = tuple(f"select/T{t:g}" for t in sc.temperatures)
     stages += [Stage(name, "select", {**ctx, "temperature": float(t)}, ("ensemble",),
-                     (sc.student_epochs if sc.select_full else sc.select_epochs) * n / 1e5)
-               for name, t in zip(select, sc.temperatures)]
+                     sc.select_epochs * n / 1e5) for name, t in zip(select, sc.temperatures)]
     for s in range(seeds):
         p = {**ctx, "seed": s}
         if long_baseline(sc):
             stages.append(Stage(f"single-long/s{s}", "single_long", p, (), sc.student_epochs * n / 1e5))
-        reused = sc.select_full and s == 0  # seed 0's student is the chosen validation run
-        stages.append(Stage(f"distilled/s{s}", "distilled", p, ("ensemble",) + select,
-                            0.0 if reused else sc.student_epochs * n / 1e5))
+        stages.append(Stage(f"distilled/s{s}", "distilled", p, ("ensemble",) + select, sc.student_epochs * n / 1e5))
         if s < sc.geometric_seeds:
             stages.append(Stage(f"distilled-geometric/s{s}", "distilled_geometric", p, ("ensemble",) + select,
                                 sc.student_epochs * n / 1e5))
@@ -281,22 +273,11 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
                 "teacher_seconds_per_epoch_on_the_fly": round(bank_seconds / sc.views, 2)}
     dcfg = DISTILL
     if stage.kind == "select":  # a student on the train split, scored on the validation split
-        epochs, seed = (sc.student_epochs, 0) if sc.select_full else (sc.select_epochs, 100)
-        teacher = _teacher(inputs, dev, out)
-        cfg = scaled(DISTILLED, sc, epochs, seed, device)
-        t0 = time.perf_counter()
-        r = distill(stage.name, data, teacher, cfg, replace(dcfg, temperature=p["temperature"]),
+        cfg = scaled(DISTILLED, sc, sc.select_epochs, 100, device)
+        r = distill(stage.name, data, _teacher(inputs, dev, out), cfg, replace(dcfg, temperature=p["temperature"]),
                     TransferConfig(view_bank=sc.views), out=ckpt, resume=True, progress=progress, curve=_curve(data))
         val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
-        extra = {"temperature": p["temperature"], "val_errors": val["errors"], "val_size": len(y_val)}
-        if sc.select_full:  # possibly seed 0's distilled student: all that stage reports
-            extra.update(**_tta(r.model, data, sc), combine="arithmetic", cache_hits=teacher.cache.hits,
-                         teacher_seconds=round(teacher.cache.compute_seconds, 2),
-                         wall_seconds=round(time.perf_counter() - t0, 2))
-        return _summary(r, extra)
-    if stage.kind == "distilled" and sc.select_full and p["seed"] == 0:
-        chosen = f"select/T{_choice(inputs):g}"
-        return {**inputs[chosen], "reused": chosen}
+        return _summary(r, {"temperature": p["temperature"], "val_errors": val["errors"], "val_size": len(y_val)})
     if stage.kind in ("distilled", "distilled_geometric"):
         temperature = _choice(inputs)
         combine = "geometric" if stage.kind == "distilled_geometric" else "arithmetic"
@@ -422,7 +403,7 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
     teacher_cost = None
     if ens:
         students = [done[s.name] for s in by_kind["distilled"] + by_kind.get("distilled_geometric", [])
-                    + by_kind["select"] if s.name in done and "reused" not in done[s.name]]
+                    + by_kind["select"] if s.name in done]
         epochs = sum(r["epochs"] for r in students)
         teacher_cost = {"bank_seconds": ens["bank_seconds"], "views": ens["views"], "members": ens["members"],
                         "student_epochs_served": epochs,
@@ -453,10 +434,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
     """The sections after the rows: the temperature choice and the teacher's cost."""
     lines: list[str] = []
     if results["temperature_selection"]:
-        full = results["scale_config"].get("select_full")
-        lines += ["", "Temperature chosen on the validation split (hard-label weight 0.5" + (
-                  "; each run is seed 0's student at full length, and the chosen one is seed 0's distilled "
-                  "student" if full else "; short runs") + "):", "",
+        lines += ["", "Temperature chosen on the validation split (hard-label weight 0.5):", "",
                   "| T | validation errors |", "|---|---|"]
         lines += [f"| {s['temperature']:g} | {s['val_errors']} of {s['val_size']} |"
                   for s in results["temperature_selection"]]
@@ -515,6 +493,5 @@ EXPERIMENT = Experiment(
     precision=MEMBER.precision, preface=preface,
     configs=lambda sc: {"member": MEMBER, "distilled": DISTILLED, "distill": DISTILL, "distill_3pct": DISTILL_SMALL},
     # Read by the 3% soft runs alone (run_stage): changing one re-runs them on --resume, members kept.
-    owners={**{key: ("select_small", "soft_small") for key in
-               ("recipes.distill_3pct", "scale.small_mixup", "scale.small_temperatures", "scale.small_views")},
-            "scale.select_full": ("select", "distilled")})
+    owners={key: ("select_small", "soft_small") for key in
+            ("recipes.distill_3pct", "scale.small_mixup", "scale.small_temperatures", "scale.small_views")})
