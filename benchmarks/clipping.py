@@ -19,7 +19,6 @@ batch at 5x of it is no spike). Results are rewritten after every run to benchma
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, replace
@@ -29,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, environment, save  # noqa: E402
 from variants import MNIST_VARIANTS as VARIANTS, build  # noqa: E402
 
 from darkknowledge.data import Dataset, from_arrays, load_mnist, split_validation  # noqa: E402
@@ -111,9 +110,7 @@ def main() -> None:
                      SoftTargets(soft, y, DISTILL))):
                 row[name] = run(cfg, obj, x, xv, yv, data, f"{variant} s{seed} {name}", progress)[1]
         result["runs"].append(row)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(out)
+        save(out.name, result, out.parent)  # after every variant, atomically
     bar.close()
     print(f"{'variant':<9} {'seed':>4} {'teacher':>7} {'student':>7} {'dist.':>7} {'no-clip':>7}  spikes(dist/no-clip)")
     for r in result["runs"]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, environment, save  # noqa: E402
 from variants import CIFAR_VARIANTS, MNIST_VARIANTS, build, write_idx  # noqa: E402
 
 from darkknowledge.experiments.report import MANIFEST  # noqa: E402
@@ -81,11 +81,6 @@ def main() -> None:
     if args.resume and out.is_file():  # keep the rows of sets this invocation does not run
         payload["sets"] = json.loads(out.read_text()).get("sets", [])
 
-    def save() -> None:
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        tmp.replace(out)  # atomic: a cut-off run never leaves half a file
-
     for name in args.sets:
         run_dir = work / name
         cmd = [sys.executable, "-m", "darkknowledge", "reproduce", "mnist", "--scale", args.scale, "--device",
@@ -112,7 +107,7 @@ def main() -> None:
                "chosen": {k: v.get("chosen") for k, v in results.get("choices", {}).items()},
                "warnings": [line for line in proc.stderr.splitlines() if line.startswith("warning:")]}
         payload["sets"] = [s for s in payload["sets"] if s["set"] != name] + [row]
-        save()
+        save(out.name, payload, out.parent)  # after every set, atomically
         print(f"{name}: " + "; ".join(f"s{r['seed']} teacher {r['teacher']} student {r['student']} distilled "
                                       f"{r['distilled']}" for r in seeds) + f" ({row['wall_seconds']:.0f} s)", flush=True)
     print(f"\n| data set | chosen on validation | teacher | hard-label student | distilled | "

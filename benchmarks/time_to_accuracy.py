@@ -32,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar_speed import conv_throughput, flops_per_image, recipe_for  # noqa: E402
-from common import environment  # noqa: E402
+from common import environment, save  # noqa: E402
 
 from darkknowledge.config import TrainConfig, build_configs  # noqa: E402
 from darkknowledge.data import load_split  # noqa: E402
@@ -198,12 +198,10 @@ def main() -> None:
         payload["runs"] = json.loads(out.read_text())["runs"]
     done = {(r["arch"], r["epochs"], r["seed"], r.get("variant", "base")) for r in payload["runs"]}
 
-    def save() -> None:
+    def record() -> None:  # after every run, atomically: a cut-off run never leaves half a file
         payload["convergence"] = {a: doubling(payload["runs"], a) for a in args.archs}
         payload["variants"] = compare_variants(payload["runs"])
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        tmp.replace(out)  # atomic: a cut-off run never leaves half a file
+        save(out.name, payload, out.parent)
 
     for arch, base in configs.items():
         for epochs, seed, variant in itertools.product(args.epochs, range(args.seeds), args.variants):
@@ -227,10 +225,10 @@ def main() -> None:
                    "curve": [{"epoch": h["epoch"], "seconds": round(h["seconds"], 2),
                               "test_errors": h.get("test_errors")} for h in r.history]}
             payload["runs"].append(row)
-            save()
+            record()
             print(f"{arch} {epochs} epochs seed {seed} {variant}: {100 * row['test_accuracy']:.2f}% test "
                   f"({100 * tta:.2f}% with TTA), {100 * val:.2f}% val, {row['train_seconds']:.0f} s", flush=True)
-    save()
+    record()
     print(f"\n| net | epochs | seed | variant | train s | val % | test % | test % TTA |\n|---|---|---|---|---|---|---|---|")
     for r in payload["runs"]:
         print(f"| {r['arch']} | {r['epochs']} | {r['seed']} | {r.get('variant', 'base')} | {r['train_seconds']:.0f} "
