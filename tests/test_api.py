@@ -35,6 +35,12 @@ def test_distill_in_three_lines_on_tensors():
     assert "test accuracy" in str(report) and report.data == "tensors"
 
 
+def test_distill_warns_when_the_student_jitters_without_a_view_bank():
+    teacher = net()
+    with pytest.warns(UserWarning, match="jitter 1 changes its images, but without a view bank"):
+        dk.distill(teacher, net(), "digits", epochs=1, jitter=1, progress=False, **FAST)
+
+
 def test_the_held_out_split_is_stratified_and_seeded():
     x, y = DIGITS.x_train, DIGITS.y_train
     a, b = as_dataset((x, y), seed=0), as_dataset((x, y), seed=0)

@@ -65,6 +65,17 @@ def test_distill_with_omitted_class_and_unlabelled(teacher, tmp_path):
     assert summary["results"][0]["transfer_size"] == int((load_digits().y_train != 3).sum())  # every 3 is gone
 
 
+def test_distill_warns_when_the_student_augments_without_a_view_bank(teacher, tmp_path):
+    r = dk("distill", "--teacher", teacher, "--jitter", "1", "--flip", "--epochs", "1", "--no-progress",
+           "--out", tmp_path / "plain")
+    assert r.returncode == 0, r.stderr
+    assert "warning: the student's jitter 1 and flips change its images" in r.stderr and "--view-bank" in r.stderr
+    r = dk("distill", "--teacher", teacher, "--jitter", "1", "--flip", "--view-bank", "2", "--epochs", "1",
+           "--no-progress", "--out", tmp_path / "bank")
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr  # the bank's views carry the teacher's targets on each
+
+
 def test_distill_checks_its_teacher_against_a_hard_label_baseline_on_the_validation_split(tmp_path):
     val = ["--val-size", "200"]
     good, weak = tmp_path / "good", tmp_path / "weak"

@@ -51,6 +51,15 @@ def test_every_tail_is_the_full_kl_when_the_top_k_leaves_no_doubt(tail):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_a_cache_of_draws_takes_no_tail_but_renorm():
+    idx, logp = torch.zeros(2, 4, 3, dtype=torch.int16), torch.full((2, 4, 3), -1.1)
+    assert lm.TopKTargets(idx, logp, "renorm", "sample").selection == "sample"
+    for tail in ("spread", "bucket"):
+        lm.TopKTargets(idx, logp, tail)  # a top-k cache takes every tail
+        with pytest.raises(DKError, match=f"tail '{tail}' does not apply"):
+            lm.TopKTargets(idx, logp, tail, "sample")
+
+
 def test_tails_differ_as_designed_on_a_short_top_k():
     torch.manual_seed(2)
     s, t = torch.randn(4, 40), torch.randn(4, 40)

@@ -92,6 +92,12 @@ def test_half_and_half_batches():
     assert not torch.equal(orders[0][orders[0] >= 30].sort().values, orders[1][orders[1] >= 30].sort().values)
 
 
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_half_and_half_needs_an_even_batch(batch_size):
+    with pytest.raises(DKError, match=f"even batch_size, not {batch_size}"):
+        sp.HalfAndHalf(torch.arange(10), torch.arange(10, 110), batch_size=batch_size)
+
+
 def test_dustbin_offset_is_the_log_oversampling_factor():
     y = torch.tensor([0] * 10 + [1] * 10 + [2] * 80)
     assert sp.dustbin_offset(y, [0, 1]) == pytest.approx(math.log(80 / 20))

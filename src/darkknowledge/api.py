@@ -291,6 +291,8 @@ def distill(teacher: Any, student: nn.Module | str, data: Any, *, temperature: f
         check = workflows.check_teacher(tch, base, x.to(device), y.to(device), split)
         if check["warning"]:
             warnings.warn(check["warning"], stacklevel=2)
+    if (unmatched := workflows.unmatched_views(cfg, tcfg)) is not None:
+        warnings.warn(unmatched, stacklevel=2)
     result = workflows.distill(f"distilled-{cfg.arch}", ds, tch, cfg, dcfg, tcfg, out=out, resume=resume,
                                progress=progress, meta={"command": "api.distill", "val_size": val_size},
                                model=module, tensorboard=tensorboard)

@@ -171,7 +171,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from darkknowledge.data import load_split
     from darkknowledge.teachers import Teacher
     from darkknowledge.device import resolve_device
-    from darkknowledge.workflows import check_teacher, distill
+    from darkknowledge.workflows import check_teacher, distill, unmatched_views
 
     cfgs = resolve(args, COMMAND_CONFIGS["distill"])
     cfg, dcfg, tch, tcfg, run = (cfgs[c] for c in COMMAND_CONFIGS["distill"])
@@ -200,6 +200,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
               f"hard-label baseline {check['baseline_errors'][0]}", file=sys.stderr)
         if check["warning"]:
             print(f"warning: {check['warning']}", file=sys.stderr)
+    if (unmatched := unmatched_views(cfg, tcfg)) is not None:
+        print(f"warning: {unmatched}", file=sys.stderr)
     result = distill(f"distilled-{cfg.arch}", data, teacher, cfg, dcfg, tcfg, out=out, resume=args.resume,
                      progress=not args.no_progress, meta={"teachers": list(tch.teachers), "val_size": run.val_size},
                      tensorboard=run.tensorboard or None)
@@ -436,7 +438,8 @@ def cmd_specialists_evaluate(args: argparse.Namespace) -> int:
     print_table([{"covered_by": r["k"], "test_examples": r["examples"],
                   "generalist_%": round(100 * r["generalist_accuracy"], 2),
                   "combined_%": round(100 * r["combined_accuracy"], 2),
-                  "relative_gain_%": round(r["relative_gain_percent"], 2)} for r in result["covered_by"]],
+                  "relative_gain_%": "n/a" if r["relative_gain_percent"] is None  # the generalist got none right
+                   else round(r["relative_gain_percent"], 2)} for r in result["covered_by"]],
                 ("covered_by", "test_examples", "generalist_%", "combined_%", "relative_gain_%"))
     print(f"all {result['test_size']} test examples: generalist {100 * result['generalist_accuracy']:.2f}%, "
           f"generalist + {result['specialists']} specialists {100 * result['combined_accuracy']:.2f}% "

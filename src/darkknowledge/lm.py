@@ -283,13 +283,17 @@ class TopKTargets:
     idx: torch.Tensor  # [N, S, k] token ids
     logp: torch.Tensor  # [N, S, k] log-probabilities at the cache's temperature
     tail: str
+    selection: str = "top"  # the cache's: a cache of draws repeats ids and has no tail, so it takes renorm only
 
     def __post_init__(self) -> None:
         if self.tail not in TAILS:
             raise DKError(f"unknown tail {self.tail!r}; allowed: {', '.join(TAILS)}")
+        if self.selection == "sample" and self.tail != "renorm":
+            raise DKError(f"a cache of draws holds the whole distribution (its shares sum to 1): tail {self.tail!r} "
+                          "does not apply to it; use renorm")
 
     def to(self, device: torch.device) -> "TopKTargets":
-        return TopKTargets(self.idx.to(device), self.logp.to(device), self.tail)
+        return TopKTargets(self.idx.to(device), self.logp.to(device), self.tail, self.selection)
 
     def extras(self, rows: torch.Tensor):
         return (self.idx[rows].long(), self.logp[rows]), (

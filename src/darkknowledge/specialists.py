@@ -298,6 +298,9 @@ class HalfAndHalf:
         if len(special) == 0 or len(rest) == 0:
             raise DKError(f"a specialist needs examples of its classes and of others "
                           f"({len(special)} special, {len(rest)} other)")
+        if batch_size < 2 or batch_size % 2:
+            raise DKError(f"a specialist's batches are half special, half other examples: give an even batch_size, "
+                          f"not {batch_size}")
         self.special, self.rest, self.batch_size = special, rest, batch_size
 
     def __len__(self) -> int:
@@ -313,7 +316,7 @@ class HalfAndHalf:
         else:
             pick = torch.randint(0, len(self.rest), (n,), device=device, generator=generator)
         rest = self.rest.to(device)[pick]
-        half = self.batch_size // 2 or 1
+        half = self.batch_size // 2
         chunks = [torch.cat([special[i:i + half], rest[i:i + half]]) for i in range(0, n, half)]
         return torch.cat(chunks)
 

@@ -110,6 +110,17 @@ def student_bank(x: torch.Tensor, cfg: TrainConfig, tcfg: TransferConfig) -> tup
     return cfg, None
 
 
+def unmatched_views(cfg: TrainConfig, tcfg: TransferConfig) -> str | None:
+    """What is wrong when a student augments its images (``jitter``/``flip``) without a view bank: the teacher's
+    targets are then those of the plain images, not of the views the student sees (None when they match)."""
+    if tcfg.view_bank or tcfg.jitter_views or not (cfg.jitter or cfg.flip):
+        return None
+    what = [w for w, on in ((f"jitter {cfg.jitter}", cfg.jitter), ("flips", cfg.flip)) if on]
+    return (f"the student's {' and '.join(what)} {'change' if len(what) > 1 else 'changes'} its images, but without a view bank the teacher's targets are those of "
+            f"the plain images: give a view bank (view_bank / --view-bank V) so that it learns the teacher's "
+            f"targets on exactly the views it sees")
+
+
 def distill(name: str, data: Dataset, teacher: TeacherLike, cfg: TrainConfig, dcfg: DistillConfig,
             tcfg: TransferConfig = TransferConfig(), out: str | Path | None = None, resume: bool = False,
             progress: bool = True, meta: dict[str, Any] | None = None,

@@ -238,7 +238,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
             idx, logp = lm.TopKCache(out / c["dir"]).load(teacher_fingerprint=c["teacher_fingerprint"],
                                                           tokens_digest=tr.digest(), tokenizer=digest, k=k,
                                                           temperature=sc.temperature, selection=selection)
-            make = lambda m: lm.TokenDistill(tr.targets, lambda: m.head_weight, lm.TopKTargets(idx, logp, tail),  # noqa: E731
+            make = lambda m: lm.TokenDistill(tr.targets, lambda: m.head_weight, lm.TopKTargets(idx, logp, tail, selection),  # noqa: E731
                                              sc.temperature, 1.0, hw)
             meta = {"source": f"{selection}{k}", "tail": tail, "hard_weight": hw, "cache": c["dir"]}
         _, result = _train(stage.name, p, sc.student, STUDENT, epochs, make, digest, meta)
