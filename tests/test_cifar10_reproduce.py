@@ -117,3 +117,30 @@ def test_generality_summary_reads_a_reproduction(smoke, tmp_path):
     assert "| smoke |" in r.stdout
     bad = subprocess.run([sys.executable, str(script), f"x={tmp_path / 'none'}"], capture_output=True, text=True)
     assert bad.returncode != 0 and "no results.json" in bad.stderr
+
+
+def test_fidelity_of_the_students_to_their_ensemble(smoke, cifar_dir, tmp_path):
+    # benchmarks/fidelity.py: agreement and KL of members and distilled students with the ensemble, per split
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, out = smoke
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fidelity.py"
+    r = subprocess.run([sys.executable, str(script), "--run", str(out), "--data-dir", str(cifar_dir), "--scale",
+                        "smoke", "--out", str(tmp_path / "f.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "f.json").read_text())
+    assert res["sizes"] == {"transfer": 1000, "validation": 200, "test": 10000}
+    ens = [x for x in res["rows"] if x["net"] == "ensemble"]
+    assert all(x["agreement_percent"] == 100 and x["kl_nats"] == 0 for x in ens)
+    acc = {x["split"]: x["accuracy_percent"] for x in ens}
+    summary = json.loads((out / "results.json").read_text())
+    ensemble = next(x for x in summary["rows"] if x["experiment"] == "ensemble")["values"][0]
+    assert acc["test"] == pytest.approx(ensemble, abs=0.01)  # the same ensemble the reproduction measured
+    students = [x for x in res["rows"] if x["net"].startswith("distilled")]
+    assert len(students) == 3 and all(0 <= x["agreement_percent"] <= 100 and x["kl_nats"] >= 0 for x in students)
+    bad = subprocess.run([sys.executable, str(script), "--run", str(tmp_path), "--data-dir", str(cifar_dir)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "needs a finished dk reproduce cifar10 run" in bad.stderr
+    assert "Traceback" not in bad.stderr
