@@ -10,6 +10,9 @@
 #               (hard weight 0, T 2, mixed views, a 40-epoch student beside a 40-epoch member; section 6
 #               at T 1, 5, 10, hard weight 0, mixed views, a 128-view bank) (~3.5 h)
 #   patience    section 6 on the quick scale's split: 100 against 1,000 epochs for both arms (~1 h; after quick)
+#   patient4    section 4 on the quick scale's split, seed 0: hard-label members and distilled students (T 4, the
+#               quick run's 3 members, 8-view bank) side by side at 24, 48 and 96 epochs, and a 96-epoch student on
+#               96 mixed views; each student beside a member trained as long (~50 min; after quick)
 #   ls0         one member without label smoothing (saved as a teacher), then section 6 from it (~35 min)
 #   cifar100    dk reproduce cifar100 --scale full                          (~2.5-3 h)
 #   variants    time_to_accuracy.py: base, fp32 (where the CPU has bf16), lookahead, alternating flips; 10 epochs,
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DK_DATA:-$PWD/.cache/data}"
-STEPS="${STEPS:-cifar10 distill patience ls0 cifar100 variants doubling quick generality robustness lm peer}"
+STEPS="${STEPS:-cifar10 distill patience patient4 ls0 cifar100 variants doubling quick generality robustness lm peer}"
 RESULTS=benchmarks/results
 mkdir -p "$OUT"
 if [ ! -d "$DATA/cifar-100-python" ]; then
@@ -52,7 +55,7 @@ tune() {  # ROLE TAG [KEY=VALUE...]: one run on the validation split of scale $S
     local scale=${SCALE:-full}
     timed "tuning $tag" "$PY" benchmarks/cifar10_tuning.py --data-dir "$DATA" --scale "$scale" --role "$role" \
         --members "$OUT/cifar10-$scale/members" --cache "$OUT/cifar10-$scale/cache" --tag "$tag" \
-        --views "${VIEWS:-0}" ${extra[@]+"${extra[@]}"} --set "$@"
+        --views "${VIEWS:-0}" ${THREADS:+--threads "$THREADS"} ${extra[@]+"${extra[@]}"} --set "$@"
 }
 for step in $STEPS; do
     case $step in
@@ -84,6 +87,18 @@ for step in $STEPS; do
             SCALE=quick tune hard_small quick-hard6-e1000 epochs=1000
             SCALE=quick VIEWS=1000 tune soft_small quick-soft6-e1000-v1000 --mixup 1.0 temperature=5 hard_weight=0 \
                 soft_weight=1 epochs=1000 ;;
+        patient4)
+            # Is the students' small share of the ensemble's gain a matter of steps (benchmarks/fidelity.py: at 12
+            # epochs they fit the ensemble on only 90.7% of their own transfer images)? Students and members trained
+            # as long as each other, the warm-up the recipe's 4 epochs (20% of 20) as the scales cap it.
+            for e in 48 96 24; do
+                SCALE=quick tune member "q-member-e$e" "epochs=$e" warmup_epochs=4
+                SCALE=quick tune distilled "q-dist-T4-e$e" temperature=4 "epochs=$e" warmup_epochs=4
+                if [ "$e" = 96 ]; then
+                    SCALE=quick VIEWS=96 tune distilled q-dist-T4-mix1-v96-e96 --mixup 1.0 temperature=4 hard_weight=0 \
+                        soft_weight=1 epochs=96 warmup_epochs=4
+                fi
+            done ;;
         ls0)
             # Is label smoothing in the members' recipe what leaves little dark knowledge? One member without
             # it (saved as a teacher), then section 6 from it beside the runs above (Müller et al. 2019).
