@@ -29,6 +29,8 @@ from darkknowledge.checkpoint import load_checkpoint  # noqa: E402
 from darkknowledge.errors import DKError  # noqa: E402
 from darkknowledge.evaluation import predict_logits  # noqa: E402
 from darkknowledge.experiments.cifar10 import SCALES, load_data_for  # noqa: E402
+from darkknowledge.losses import ensemble_probs  # noqa: E402
+from darkknowledge.teachers import Teacher  # noqa: E402
 
 
 def compare(net: torch.Tensor, reference: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -39,9 +41,9 @@ def compare(net: torch.Tensor, reference: torch.Tensor, y: torch.Tensor) -> dict
             "kl_nats": float(F.kl_div(net, reference, log_target=True, reduction="batchmean"))}
 
 
-def mean_log_probs(logps: list[torch.Tensor]) -> torch.Tensor:
-    """The arithmetic mean of the members' probabilities, as log-probabilities (``dk reproduce``'s ensemble)."""
-    return torch.logsumexp(torch.stack(logps), 0) - torch.log(torch.tensor(float(len(logps))))
+def ensemble_log_probs(member_logits: torch.Tensor) -> torch.Tensor:
+    """``dk reproduce``'s ensemble (the arithmetic mean of the members' distributions at T 1), as log-probabilities."""
+    return ensemble_probs(member_logits, 1.0).clamp_min(1e-30).log()
 
 
 def main() -> None:
@@ -60,30 +62,29 @@ def main() -> None:
     if len(members) < 2 or not students:
         raise SystemExit(f"fidelity: error: {run} holds {len(members)} members and {len(students)} distilled "
                          "students; it needs a finished dk reproduce cifar10 run")
-    sc = SCALES[args.scale]
-    data, (xv, yv) = load_data_for(args.data_dir, sc, torch.device("cpu"))
+    try:
+        data, (xv, yv) = load_data_for(args.data_dir, SCALES[args.scale], torch.device("cpu"))
+        teacher = Teacher.from_checkpoints(members)
+        student_models = [load_checkpoint(p)[0] for p in students]
+    except DKError as e:
+        raise SystemExit(f"fidelity: error: {e}") from None
     splits = {"transfer": (data.x_train, data.y_train), "validation": (xv, yv), "test": (data.x_test, data.y_test)}
-
-    def logps(path: Path) -> dict[str, torch.Tensor]:
-        try:
-            model, _, _ = load_checkpoint(path)
-        except DKError as e:
-            raise SystemExit(f"fidelity: error: {e}") from None
-        with torch.no_grad():
-            return {s: F.log_softmax(predict_logits(model, x, batch_size=1000), 1) for s, (x, _) in splits.items()}
-
-    m = [logps(p) for p in members]
-    ens = {s: mean_log_probs([lp[s] for lp in m]) for s in splits}
+    with torch.no_grad():
+        logits = {s: teacher.member_logits(x) for s, (x, _) in splits.items()}  # [M, N, C]
+    ens = {s: ensemble_log_probs(z) for s, z in logits.items()}
     rows = []
-    for i, (path, lp) in enumerate(zip(members, m)):
-        others = {s: mean_log_probs([o[s] for j, o in enumerate(m) if j != i]) for s in splits}
+    for i in range(len(members)):
+        others = [j for j in range(len(members)) if j != i]
         for s, (_, y) in splits.items():
-            rows.append({"net": f"member {i}", "split": s, **compare(lp[s], ens[s], y),
-                         "agreement_with_others_percent": compare(lp[s], others[s], y)["agreement_percent"]})
-    for path in students:
-        lp = logps(path)
-        for s, (_, y) in splits.items():
-            rows.append({"net": f"distilled {path.name.split('__')[1]}", "split": s, **compare(lp[s], ens[s], y)})
+            lp = F.log_softmax(logits[s][i], 1)
+            rows.append({"net": f"member {i}", "split": s, **compare(lp, ens[s], y),
+                         "agreement_with_others_percent":
+                             compare(lp, ensemble_log_probs(logits[s][others]), y)["agreement_percent"]})
+    for path, model in zip(students, student_models):
+        for s, (x, y) in splits.items():
+            with torch.no_grad():
+                lp = F.log_softmax(predict_logits(model, x), 1)
+            rows.append({"net": f"distilled {path.name.split('__')[1]}", "split": s, **compare(lp, ens[s], y)})
     for s, (_, y) in splits.items():
         rows.append({"net": "ensemble", "split": s, **compare(ens[s], ens[s], y)})
 

@@ -116,8 +116,9 @@ def unmatched_views(cfg: TrainConfig, tcfg: TransferConfig) -> str | None:
     if tcfg.view_bank or tcfg.jitter_views or not (cfg.jitter or cfg.flip):
         return None
     what = [w for w, on in ((f"jitter {cfg.jitter}", cfg.jitter), ("flips", cfg.flip)) if on]
-    return (f"the student's {' and '.join(what)} {'change' if len(what) > 1 else 'changes'} its images, but without a view bank the teacher's targets are those of "
-            f"the plain images: give a view bank (view_bank / --view-bank V) so that it learns the teacher's "
+    verb = "change" if len(what) > 1 else "changes"
+    return (f"the student's {' and '.join(what)} {verb} its images, but without a view bank the teacher's targets "
+            f"are those of the plain images: give a view bank (view_bank / --view-bank V) so that it learns the teacher's "
             f"targets on exactly the views it sees")
 
 
