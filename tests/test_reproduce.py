@@ -204,6 +204,12 @@ def test_the_validation_split_chooses_the_fewest_errors_and_ties_go_to_the_earli
               "choose/teacher-dropout": {"option": "dropout", "val_errors": 20},
               "choose/teacher-none": {"option": "none", "val_errors": 20}, "teacher/s0": {"checkpoint": "x"}}
     assert mnist.chosen_teacher(inputs, sc) == "dropout"
+    # With a second rung, its runs decide: the first rung's best need not be the best at full length.
+    rungs = replace(sc, teacher_epochs=4, choice_teacher_epochs=2, long_choices=2)
+    long = {"choose/long-teacher-1": {"rank": 1, "option": "dropout", "val_errors": 15, "checkpoint": "d"},
+            "choose/long-teacher-2": {"rank": 2, "option": "none", "val_errors": 12, "checkpoint": "n"}}
+    assert mnist.chosen_teacher({**inputs, **long}, rungs) == "none"
+    assert mnist.chosen_teacher_run({**inputs, **long}, rungs)["checkpoint"] == "n"
     grid = {f"choose/distill-T{t:g}-h{h:g}": {"temperature": t, "hard_weight": h, "val_errors": e}
             for (t, h), e in zip(mnist.distill_grid(sc), (50, 41, 41, 60))}
     assert list(grid) == ["choose/distill-T4-h0.1", "choose/distill-T4-h0.5", "choose/distill-T20-h0.1",
@@ -236,6 +242,41 @@ def test_held_out_teachers_reuse_the_choice_run_and_are_checked_on_validation(mn
     assert val_check["baseline_errors"] == [stages["choose__student"]["val_errors"]] * 2
     with pytest.raises(ValueError, match="epochs must agree"):
         replace(sc, choice_teacher_epochs=sc.teacher_epochs + 1)
+
+
+def test_the_second_rung_trains_the_best_short_choices_to_full_length_and_chooses_among_them(mnist_dir, tmp_path):
+    # long_choices: the first rung's best N options train again for teacher_epochs on the same split; the teacher
+    # of every seed, and the distillation choices, come from the second rung's best.
+    sc = replace(TINY, teacher_options=("paper", "none", "jitter"), teacher_epochs=2, choice_teacher_epochs=1,
+                 long_choices=2, sweep_widths=(), matching_temperatures=(), beyond_paper_seeds=0)
+    exp = replace(mnist.EXPERIMENT, scales={"rungs": sc})
+    out = tmp_path / "rungs"
+    res = reproduce(exp, mnist_dir, out, scale="rungs", seeds=1, device="cpu", progress=False, log=lambda m: None)
+    assert res["stages_done"] == res["stages_total"]
+    stages = {p.stem: json.loads(p.read_text())["result"] for p in (out / "stages").glob("*.json")}
+    first = sorted(res["choices"]["teacher"]["options"],
+                   key=lambda o: (o["val_errors"], sc.teacher_options.index(o["option"])))
+    long = res["choices"]["teacher"]["long"]
+    assert [o["option"] for o in long] == [o["option"] for o in first[:2]] and [o["rank"] for o in long] == [1, 2]
+    assert all(o["epochs"] == 2 for o in long) and all(o["epochs"] == 1 for o in first)
+    for o in long:
+        run = stages[f"choose__long-teacher-{o['rank']}"]
+        assert run["checkpoint"] == f"models/choose__teacher-long-{o['option']}"
+        assert (out / run["checkpoint"] / "model.safetensors").is_file()
+    chosen = min(long, key=lambda o: (o["val_errors"], o["rank"]))["option"]
+    assert res["choices"]["teacher"]["chosen"] == chosen == stages["teacher__s0"]["option"]
+    assert {stages[f"choose__distill-T{t:g}-h0.1"]["teacher_option"] for t in sc.distill_temperatures} == {chosen}
+    assert "teacher, second rung, 2 epochs" in (out / "results.md").read_text()
+    # One rung fewer on --resume: the second rung's stages run again, from their checkpoints (named by option,
+    # not rank), and every teacher after them with its own checkpoint forgotten.
+    exp.scales["rungs"] = replace(sc, long_choices=1)
+    again = reproduce(exp, mnist_dir, out, scale="rungs", seeds=1, device="cpu", progress=False, resume=True,
+                      log=lambda m: None)
+    assert again["stages_done"] == again["stages_total"]
+    assert again["choices"]["teacher"]["long"] == long[:1] and again["choices"]["teacher"]["chosen"] == long[0]["option"]
+    assert "teacher/s0" in again["invocations"][-1]["ran_again"]
+    with pytest.raises(ValueError, match="must be shorter"):
+        replace(sc, choice_teacher_epochs=2)
 
 
 def test_a_training_limit_keeps_every_class_of_a_sorted_data_set():

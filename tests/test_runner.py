@@ -156,7 +156,8 @@ class ToyRecipe:
 
 
 def toy_stage(stage, inputs):
-    (Path(stage.params["out"]) / "models" / stage.name).mkdir(parents=True, exist_ok=True)  # a resumable checkpoint
+    for path in (Path("models") / stage.name, *stage.paths):  # resumable checkpoints
+        (Path(stage.params["out"]) / path).mkdir(parents=True, exist_ok=True)
     return {"run": time.perf_counter_ns(), "steps": stage.params["scale"].student_steps}
 
 
@@ -165,7 +166,7 @@ def toy_experiment(owners):
 
     return Experiment(
         name="toy", title="toy", scales={"full": ToyScale()}, check_data=lambda data_dir, sc: None,
-        stages=lambda sc, seeds, ctx: [Stage("teacher", "teacher", ctx), Stage("student", "student", ctx, ("teacher",)),
+        stages=lambda sc, seeds, ctx: [Stage("teacher", "teacher", ctx), Stage("student", "student", ctx, ("teacher",), paths=("students/s0",)),
                                        Stage("report", "report", ctx, ("student",)), Stage("other", "other", ctx)],
         run_stage=toy_stage, summarise=lambda stages, records, sc, seeds: {"rows": []},
         markdown=lambda results: [], plots=lambda results, out: [], precision="fp32",
@@ -185,6 +186,7 @@ def test_resume_after_an_owned_setting_changed_runs_its_stages_and_their_dependa
     first = {name: json.loads((tmp_path / "run" / "stages" / f"{name}.json").read_text())["result"]["run"]
              for name in runs}
     (tmp_path / "run" / "models" / "student" / "epoch.pt").write_bytes(b"an old checkpoint")
+    (tmp_path / "run" / "students" / "s0" / "epoch.pt").write_bytes(b"an old checkpoint outside models/")
     monkeypatch.setitem(exp.scales, "full", replace(ToyScale(), student_steps=2))
     logs = []
     report.reproduce(exp, tmp_path, tmp_path / "run", resume=True, progress=False, log=logs.append)
@@ -194,6 +196,7 @@ def test_resume_after_an_owned_setting_changed_runs_its_stages_and_their_dependa
     assert again["student"]["run"] != first["student"] and again["student"]["steps"] == 2
     assert again["report"]["run"] != first["report"]  # it depends on the student
     assert not (tmp_path / "run" / "models" / "student" / "epoch.pt").exists()  # not resumed from the old one
+    assert not (tmp_path / "run" / "students" / "s0" / "epoch.pt").exists()  # nor from its other checkpoints
     assert any("scale.student_steps" in m and "running again student, report" in m for m in logs)
     manifest = json.loads((tmp_path / "run" / report.MANIFEST).read_text())
     assert manifest["settings"]["scale"]["student_steps"] == 2
@@ -214,7 +217,7 @@ def test_every_owned_setting_exists_and_its_owners_are_stage_kinds(name):
     exp = importlib.import_module(f"darkknowledge.experiments.{name}").EXPERIMENT
     sc = exp.scales["smoke"]
     keys = _flat(run_settings(exp, sc))
-    kinds = {s.kind for s in exp.stages(sc, sc.default_seeds, {"scale": sc})}
+    kinds = {s.kind for scale in exp.scales.values() for s in exp.stages(scale, scale.default_seeds, {"scale": scale})}
     for key, owners in exp.owners.items():
         assert any(k == key or k.startswith(key + ".") for k in keys), key
         assert set(owners) <= kinds, (key, owners)

@@ -103,6 +103,10 @@ class Scale:
     # Chosen on the validation split by seed 0's nets trained on the rest ((): the recipe's, not chosen).
     teacher_options: tuple[str, ...] = ()  # names in TEACHER_OPTIONS
     choice_teacher_epochs: int = 0  # those teachers' epochs (0: teacher_epochs)
+    # A second rung: the best N options of the first (short) rung trained again for teacher_epochs on the same
+    # split, and the one with the fewest validation errors chosen (0: the first rung chooses). A short run favours
+    # the fastest learner, not the best at full length (recipes/README.md, "The full scale's teacher").
+    long_choices: int = 0
     distill_temperatures: tuple[float, ...] = ()  # with distill_hard_weights: the grid of students
     distill_hard_weights: tuple[float, ...] = ()
     choice_student_epochs: int = 0  # those students' epochs (0: student_epochs)
@@ -117,6 +121,9 @@ class Scale:
     def __post_init__(self) -> None:
         if self.teacher_holdout and self.choice_teacher_epochs not in (0, self.teacher_epochs):
             raise ValueError("teacher_holdout reuses the choice run as seed 0's teacher: their epochs must agree")
+        if self.long_choices and self.choice_teacher_epochs in (0, self.teacher_epochs):
+            raise ValueError("long_choices trains the best choices again for teacher_epochs: the first rung's "
+                             "choice_teacher_epochs must be shorter")
 
 
 SCALES: dict[str, Scale] = {
@@ -128,8 +135,8 @@ SCALES: dict[str, Scale] = {
     "full": Scale(teacher_epochs=500, student_epochs=60, sweep_widths=(30, 300),
                   sweep_temperatures=(1, 2, 2.5, 3, 4, 5, 8, 10, 20), sweep_epochs=8,
                   matching_temperatures=(2, 5, 20), teacher_options=("paper", "dropout", "jitter", "none"),
-                  choice_teacher_epochs=50, distill_temperatures=(4, 8, 20), distill_hard_weights=(0.1, 0.5),
-                  choice_student_epochs=20, beyond_paper_seeds=3),
+                  choice_teacher_epochs=50, long_choices=2, distill_temperatures=(4, 8, 20),
+                  distill_hard_weights=(0.1, 0.5), choice_student_epochs=20, beyond_paper_seeds=3),
     # Minutes on 2 CPU cores: 20,000 of the training images (stratified; 5,000 of them for validation), a
     # 12-epoch teacher jittered by 1 px, 8-epoch students, a 3-epoch sweep. The choices are made by seed 0's
     # nets trained without the validation split; then every teacher, like every student, learns from all
@@ -174,18 +181,30 @@ def distill_grid(scale: Scale) -> list[tuple[float, float]]:
 def _best(inputs: dict[str, Any], kind: str, order: list[Any], key: Callable[[dict[str, Any]], Any]) -> Any:
     """The ``key`` of the ``kind`` choice result with the fewest validation errors (ties: the earlier in ``order``);
     an option whose training diverged is never chosen."""
+    return key(_ranked(inputs, kind, order, key)[0])
+
+
+def _ranked(inputs: dict[str, Any], kind: str, order: list[Any],
+            key: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """The ``kind`` choice results that trained, fewest validation errors first (ties: the earlier in ``order``)."""
     results = [r for name, r in inputs.items() if name.startswith(f"choose/{kind}-")]
     trained = [r for r in results if r["val_errors"] is not None]
     if not trained:
         raise DKError(f"every {kind} setting tried on the validation split diverged: "
-                      + "; ".join(r["diverged"] for r in results))
-    return key(min(trained, key=lambda r: (r["val_errors"], order.index(key(r)))))
+                      + "; ".join(r.get("diverged", "not run") for r in results))
+    return sorted(trained, key=lambda r: (r["val_errors"], order.index(key(r))))
+
+
+def chosen_teacher_run(inputs: dict[str, Any], scale: Scale) -> dict[str, Any]:
+    """The choice run of the teacher regularisation the validation split chose: the second rung's best where the
+    scale has one (``long_choices``), else the first's."""
+    kind = "long-teacher" if scale.long_choices else "teacher"
+    return _ranked(inputs, kind, list(teacher_options(scale)), lambda r: r["option"])[0]
 
 
 def chosen_teacher(inputs: dict[str, Any], scale: Scale) -> str:
     """The teacher regularisation the validation split chose ("paper" where none was tried)."""
-    options = teacher_options(scale)
-    return _best(inputs, "teacher", list(options), lambda r: r["option"]) if options else "paper"
+    return chosen_teacher_run(inputs, scale)["option"] if teacher_options(scale) else "paper"
 
 
 def chosen_distill(inputs: dict[str, Any], scale: Scale) -> DistillConfig:
@@ -253,10 +272,15 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     # Choices first, on seed 0's split: the teacher's regularisation, then the students' T and hard weight.
     options = teacher_options(sc)
     pick_teacher = tuple(f"choose/teacher-{o}" for o in options)
+    # The second rung: its k-th stage trains the k-th best option of the first again, for teacher_epochs.
+    pick_long = tuple(f"choose/long-teacher-{k}" for k in range(1, min(sc.long_choices, len(options)) + 1))
     pick_distill = tuple(f"choose/distill-T{t:g}-h{h:g}" for t, h in distill_grid(sc))
     stages = [Stage(name, "choose_teacher", {**p0, "option": o}, (),
                     _cost(TEACHER.arch, sc.choice_teacher_epochs or sc.teacher_epochs, n - sc.val_size))
               for name, o in zip(pick_teacher, options)]
+    stages += [Stage(name, "choose_long_teacher", {**p0, "rank": k}, pick_teacher,
+                     _cost(TEACHER.arch, sc.teacher_epochs, n - sc.val_size)) for k, name in enumerate(pick_long, 1)]
+    pick_teacher += pick_long
     if options:  # the validation split's hard-label baseline
         stages.append(Stage("choose/student", "choose_student", p0, (),
                             _cost(STUDENT.arch, sc.choice_student_epochs or sc.student_epochs, n - sc.val_size)))
@@ -268,7 +292,8 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
         t = f"teacher/s{s}"
         uses = (t,) + pick_distill
         reused = sc.teacher_holdout and s == 0 and options  # seed 0's teacher is its choice run
-        stages += [Stage(t, "teacher", p, pick_teacher, cost=0.0 if reused else _cost(TEACHER.arch, sc.teacher_epochs, n)),
+        stages += [Stage(t, "teacher", p, pick_teacher, cost=0.0 if reused else _cost(TEACHER.arch, sc.teacher_epochs, n),
+                         paths=(f"teachers/seed{s}",)),
                    Stage(f"student/s{s}", "student", p, cost=_cost(STUDENT.arch, sc.student_epochs, n)),
                    Stage(f"distilled/s{s}", "distilled", p, uses, _cost(DISTILLED.arch, sc.student_epochs, n)),
                    Stage(f"omit3/s{s}", "omit3", p, uses,
@@ -314,7 +339,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     if stage.kind == "teacher":
         option = chosen_teacher(inputs, sc)
         if sc.teacher_holdout and seed == 0 and teacher_options(sc):  # the choice run is this teacher
-            choice = inputs[f"choose/teacher-{option}"]
+            choice = chosen_teacher_run(inputs, sc)
             return {**{k: choice[k] for k in (*_summary_keys(), "val_errors", "val_size", "checkpoint")},
                     "option": option, "trained_on": "training split less validation (the choice run itself)"}
         cfg = scaled(teacher_recipe(sc, option), sc, sc.teacher_epochs, seed, device)
@@ -372,11 +397,20 @@ def _choose(stage: Stage, inputs: dict[str, Any], data: Dataset, ckpt: Path) -> 
     sc, device, progress = p["scale"], p["device"], p["progress"]
     x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
     epochs = sc.choice_student_epochs or sc.student_epochs
+    if stage.kind == "choose_long_teacher":  # the rank-th best option of the first rung, trained to full length
+        options = list(teacher_options(sc))
+        ranked = _ranked(inputs, "teacher", options, lambda r: r["option"])
+        if p["rank"] > len(ranked):
+            return {"rank": p["rank"], "option": None, "val_errors": None, "val_size": len(y_val),
+                    "not_run": f"only {len(ranked)} option(s) of the first rung trained"}
+        option = ranked[p["rank"] - 1]["option"]
+        stage = replace(stage, params={**p, "option": option})
+        ckpt = ckpt.parent / f"choose__teacher-long-{option}"  # by option: a re-ranked rung reuses its runs
     try:
         r, extra = _choice_run(stage, inputs, data, ckpt, x_rest, y_rest, epochs)
     except Diverged as e:  # a setting that does not train on this data: recorded, never chosen
-        return {**{k: p[k] for k in ("option", "temperature", "hard_weight") if k in p}, "val_errors": None,
-                "val_size": len(y_val), "diverged": str(e)}
+        return {**{k: stage.params[k] for k in ("rank", "option", "temperature", "hard_weight") if k in stage.params},
+                "val_errors": None, "val_size": len(y_val), "diverged": str(e)}
     val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
     return {**_summary(r), **extra, "val_errors": val["errors"], "val_size": len(y_val)}
 
@@ -389,14 +423,20 @@ def _choice_run(stage: Stage, inputs: dict[str, Any], data: Dataset, ckpt: Path,
         cfg = scaled(teacher_recipe(sc, p["option"]), sc, sc.choice_teacher_epochs or sc.teacher_epochs, 0, device)
         r = train(stage.name, data, cfg, out=ckpt, resume=True, progress=progress, transfer=(x_rest, y_rest))
         extra = {"option": p["option"], "checkpoint": relative_to(Path(p["out"]), ckpt)}
+    elif stage.kind == "choose_long_teacher":
+        cfg = scaled(teacher_recipe(sc, p["option"]), sc, sc.teacher_epochs, 0, device)
+        r = train(f"choose/teacher-long-{p['option']}", data, cfg, out=ckpt, resume=True, progress=progress,
+                  transfer=(x_rest, y_rest))
+        extra = {"rank": p["rank"], "option": p["option"], "checkpoint": relative_to(Path(p["out"]), ckpt)}
     elif stage.kind == "choose_student":
         cfg = scaled(STUDENT, sc, epochs, 0, device)
         r = train(stage.name, data, cfg, out=ckpt, resume=True, progress=progress, transfer=(x_rest, y_rest))
         extra = {}
     elif stage.kind == "choose_distill":
-        option = chosen_teacher(inputs, sc)
-        teacher = Teacher.from_checkpoints([Path(p["out"]) / inputs[f"choose/teacher-{option}"]["checkpoint"]],
-                                           device=resolve_device(device), cache_dir=Path(p["out"]) / "cache")
+        choice = chosen_teacher_run(inputs, sc)
+        option = choice["option"]
+        teacher = Teacher.from_checkpoints([Path(p["out"]) / choice["checkpoint"]], device=resolve_device(device),
+                                           cache_dir=Path(p["out"]) / "cache")
         dcfg = replace(DISTILL, temperature=p["temperature"], hard_weight=p["hard_weight"])
         r = distill(stage.name, data, teacher, scaled(DISTILLED, sc, epochs, 0, device), dcfg, out=ckpt, resume=True,
                     progress=progress, transfer=(x_rest, y_rest))
@@ -450,7 +490,7 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                                       "every seed's teacher trained without the validation split (seed 0's is the "
                                       "choice run), beside seed 0's hard-label student trained the same way"))
     elif teacher is not None and student is not None:
-        val = next(o for o in choices["teacher"]["options"] if o["option"] == teacher)
+        val = next(o for o in choices["teacher"].get("long") or choices["teacher"]["options"] if o["option"] == teacher)
         checks.insert(0, paired_check(f"teacher ({teacher} regularisation)", "hard-label student", "validation",
                                       [val["val_errors"]], [student], val["val_size"], "teacher",
                                       "seed 0's nets trained without the validation split, as the choices were made"))
@@ -464,10 +504,13 @@ def _choices(stages: list[Stage], done: dict[str, dict[str, Any]], sc: Scale) ->
     def tried(kind: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
         return [{**{k: done[s.name][k] for k in keys}, "val_errors": done[s.name]["val_errors"],
                  "val_size": done[s.name]["val_size"], "test_errors": done[s.name].get("test_errors"),
-                 **({"diverged": done[s.name]["diverged"]} if "diverged" in done[s.name] else {})}
+                 "epochs": done[s.name].get("epochs"),
+                 **{k: done[s.name][k] for k in ("diverged", "not_run") if k in done[s.name]}}
                 for s in stages if s.kind == kind and s.name in done]
 
     teacher: dict[str, Any] = {"options": tried("choose_teacher", ("option",))}
+    if sc.long_choices:  # the second rung: the best options of the first trained for teacher_epochs
+        teacher["long"] = tried("choose_long_teacher", ("rank", "option"))
     distill_: dict[str, Any] = {"grid": tried("choose_distill", ("temperature", "hard_weight"))}
     if "choose/student" in done:
         teacher["student_val_errors"] = done["choose/student"]["val_errors"]
@@ -478,7 +521,7 @@ def _choices(stages: list[Stage], done: dict[str, dict[str, Any]], sc: Scale) ->
     def trained(results: dict[str, dict[str, Any]]) -> bool:  # ran, and one option did not diverge
         return any(r["val_errors"] is not None for r in results.values())
 
-    if trained(options := all_done("choose_teacher")):
+    if trained(options := all_done("choose_long_teacher" if sc.long_choices else "choose_teacher")):
         teacher["chosen"] = chosen_teacher(options, sc)
     if trained(grid := all_done("choose_distill")):
         d = chosen_distill(grid, sc)
@@ -518,7 +561,13 @@ def markdown(results: dict[str, Any]) -> list[str]:
 
 
 def _val(option: dict[str, Any]) -> str:
-    return "diverged" if option["val_errors"] is None else str(option["val_errors"])
+    if option["val_errors"] is None:
+        return "not run" if "not_run" in option else "diverged"
+    return str(option["val_errors"])
+
+
+def _epochs(option: dict[str, Any]) -> str:
+    return f", {option['epochs']} epochs" if option.get("epochs") else ""
 
 
 def _choices_markdown(choices: dict[str, Any]) -> list[str]:
@@ -528,8 +577,17 @@ def _choices_markdown(choices: dict[str, Any]) -> list[str]:
         return []
     lines = ["", "Chosen on the validation split (seed 0's nets trained without it; test errors for reference only):",
              "", "| choice | option | validation errors | test errors | chosen |", "|---|---|---|---|---|"]
+    long = teacher.get("long")
     for o in teacher.get("options", []):
-        lines.append(f"| teacher regularisation | {o['option']} | {_val(o)} | {o['test_errors'] or ''} | "
+        if long is not None:  # the first rung picks which options train to full length
+            pick = "to the second rung" if any(lo["option"] == o["option"] for lo in long) else ""
+        else:
+            pick = "yes" if o["option"] == teacher.get("chosen") else ""
+        lines.append(f"| teacher regularisation{_epochs(o)} | {o['option']} | {_val(o)} | {o['test_errors'] or ''} | "
+                     f"{pick} |")
+    for o in long or []:
+        name = o["option"] or f"rank {o['rank']}"
+        lines.append(f"| teacher, second rung{_epochs(o)} | {name} | {_val(o)} | {o['test_errors'] or ''} | "
                      f"{'yes' if o['option'] == teacher.get('chosen') else ''} |")
     if "student_val_errors" in teacher:
         lines.append(f"| (baseline) | hard-label student | {teacher['student_val_errors']} | | |")
@@ -584,5 +642,6 @@ EXPERIMENT = Experiment(
     configs=lambda sc: {"teacher": teacher_recipe(sc), "student": STUDENT, "distilled": DISTILLED, "distill": DISTILL},
     # Changing what the validation split weighs re-runs the choice and everything made from it on --resume.
     owners={"scale.teacher_options": ("choose_teacher",), "scale.choice_teacher_epochs": ("choose_teacher",),
+            "scale.long_choices": ("choose_long_teacher",),
             "scale.distill_temperatures": ("choose_distill",), "scale.distill_hard_weights": ("choose_distill",),
             "scale.choice_student_epochs": ("choose_student", "choose_distill")})

@@ -308,10 +308,11 @@ def stale_stages(stages: list[Stage], kinds: set[str]) -> list[Stage]:
 
 
 def forget_stages(out: Path, stages: list[Stage]) -> None:
-    """Delete what ``stages`` recorded and saved (its record, its resumable checkpoint) so that they run again."""
+    """Delete what ``stages`` recorded and saved (its record, its resumable checkpoints) so that they run again."""
     for s in stages:
         stage_path(out, s.name).unlink(missing_ok=True)
-        shutil.rmtree(out / "models" / s.name.replace("/", "__"), ignore_errors=True)
+        for path in (Path("models") / s.name.replace("/", "__"), *s.paths):
+            shutil.rmtree(out / path, ignore_errors=True)
 
 
 def rows_table(rows: list[dict[str, Any]]) -> list[str]:

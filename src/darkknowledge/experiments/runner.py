@@ -46,6 +46,7 @@ class Stage:
     params: dict[str, Any] = field(default_factory=dict)
     deps: tuple[str, ...] = ()
     cost: float = 1.0  # relative compute, for the overall progress bar's time estimate
+    paths: tuple[str, ...] = ()  # what it saves outside models/<name> (relative to out), forgotten with it
 
 
 def stage_path(out: Path, name: str) -> Path:
