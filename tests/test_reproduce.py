@@ -273,7 +273,8 @@ def test_the_second_rung_trains_the_best_short_choices_to_full_length_and_choose
     again = reproduce(exp, mnist_dir, out, scale="rungs", seeds=1, device="cpu", progress=False, resume=True,
                       log=lambda m: None)
     assert again["stages_done"] == again["stages_total"]
-    assert again["choices"]["teacher"]["long"] == long[:1] and again["choices"]["teacher"]["chosen"] == long[0]["option"]
+    rungs = again["choices"]["teacher"]
+    assert rungs["long"] == long[:1] and rungs["chosen"] == long[0]["option"]
     assert "teacher/s0" in again["invocations"][-1]["ran_again"]
     with pytest.raises(ValueError, match="must be shorter"):
         replace(sc, choice_teacher_epochs=2)

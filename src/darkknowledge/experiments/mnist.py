@@ -292,8 +292,8 @@ def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
         t = f"teacher/s{s}"
         uses = (t,) + pick_distill
         reused = sc.teacher_holdout and s == 0 and options  # seed 0's teacher is its choice run
-        stages += [Stage(t, "teacher", p, pick_teacher, cost=0.0 if reused else _cost(TEACHER.arch, sc.teacher_epochs, n),
-                         paths=(f"teachers/seed{s}",)),
+        cost = 0.0 if reused else _cost(TEACHER.arch, sc.teacher_epochs, n)
+        stages += [Stage(t, "teacher", p, pick_teacher, cost, paths=(f"teachers/seed{s}",)),
                    Stage(f"student/s{s}", "student", p, cost=_cost(STUDENT.arch, sc.student_epochs, n)),
                    Stage(f"distilled/s{s}", "distilled", p, uses, _cost(DISTILLED.arch, sc.student_epochs, n)),
                    Stage(f"omit3/s{s}", "omit3", p, uses,
