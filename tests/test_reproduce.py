@@ -197,17 +197,25 @@ def test_resume_into_a_directory_with_no_run_starts_one(mnist_dir, tmp_path, mon
     assert ("warning: the teacher" in capsys.readouterr().err) == (not better)
 
 
-def test_the_validation_split_chooses_the_fewest_errors_and_ties_go_to_the_earlier_option():
+def test_the_validation_split_chooses_the_fewest_errors_within_a_standard_error_and_ties_go_earlier():
     sc = replace(mnist.SCALES["smoke"], teacher_options=("paper", "dropout", "none"), distill_temperatures=(4, 20),
                  distill_hard_weights=(0.1, 0.5))
-    inputs = {"choose/teacher-paper": {"option": "paper", "val_errors": 30},
-              "choose/teacher-dropout": {"option": "dropout", "val_errors": 20},
-              "choose/teacher-none": {"option": "none", "val_errors": 20}, "teacher/s0": {"checkpoint": "x"}}
-    assert mnist.chosen_teacher(inputs, sc) == "dropout"
+    inputs = {"choose/teacher-paper": {"option": "paper", "val_errors": 30, "val_size": 1000},
+              "choose/teacher-dropout": {"option": "dropout", "val_errors": 20, "val_size": 1000},
+              "choose/teacher-none": {"option": "none", "val_errors": 20, "val_size": 1000},
+              "teacher/s0": {"checkpoint": "x"}}
+    assert mnist.chosen_teacher(inputs, sc) == "dropout"  # 30 is more than one standard error (4.4) above 20
+    # The one-standard-error rule: within sqrt(20 x 0.98) = 4.4 of the fewest, the earliest option.
+    assert mnist.chosen_teacher({**inputs, "choose/teacher-paper": {"option": "paper", "val_errors": 24,
+                                                                     "val_size": 1000}}, sc) == "paper"
+    assert mnist.chosen_teacher({**inputs, "choose/teacher-paper": {"option": "paper", "val_errors": 25,
+                                                                     "val_size": 1000}}, sc) == "dropout"
     # With a second rung, its runs decide: the first rung's best need not be the best at full length.
     rungs = replace(sc, teacher_epochs=4, choice_teacher_epochs=2, long_choices=2)
-    long = {"choose/long-teacher-1": {"rank": 1, "option": "dropout", "val_errors": 15, "checkpoint": "d"},
-            "choose/long-teacher-2": {"rank": 2, "option": "none", "val_errors": 12, "checkpoint": "n"}}
+    long = {"choose/long-teacher-1": {"rank": 1, "option": "dropout", "val_errors": 35, "val_size": 5000,
+                                      "checkpoint": "d"},
+            "choose/long-teacher-2": {"rank": 2, "option": "none", "val_errors": 22, "val_size": 5000,
+                                      "checkpoint": "n"}}
     assert mnist.chosen_teacher({**inputs, **long}, rungs) == "none"
     assert mnist.chosen_teacher_run({**inputs, **long}, rungs)["checkpoint"] == "n"
     grid = {f"choose/distill-T{t:g}-h{h:g}": {"temperature": t, "hard_weight": h, "val_errors": e}
@@ -263,7 +271,9 @@ def test_the_second_rung_trains_the_best_short_choices_to_full_length_and_choose
         run = stages[f"choose__long-teacher-{o['rank']}"]
         assert run["checkpoint"] == f"models/choose__teacher-long-{o['option']}"
         assert (out / run["checkpoint"] / "model.safetensors").is_file()
-    chosen = min(long, key=lambda o: (o["val_errors"], o["rank"]))["option"]
+    fewest = min(o["val_errors"] for o in long)  # the one-standard-error rule, options in the scale's order
+    close = [o["option"] for o in long if o["val_errors"] <= fewest + mnist.standard_error(fewest, sc.val_size)]
+    chosen = min(close, key=sc.teacher_options.index)
     assert res["choices"]["teacher"]["chosen"] == chosen == stages["teacher__s0"]["option"]
     assert {stages[f"choose__distill-T{t:g}-h0.1"]["teacher_option"] for t in sc.distill_temperatures} == {chosen}
     assert "teacher, second rung, 2 epochs" in (out / "results.md").read_text()
