@@ -56,6 +56,12 @@ def test_results_contract(reference):
     assert rows["omit3_errors_on_3"]["mean"] <= rows["omit3"]["mean"]  # errors on 3s are part of all errors
     assert len(res["bias_offsets"]["omit3"]["validation_fitted"]) == 1
     assert {s["width"] for s in res["sweep"]} == {30} and len(res["logit_matching"]) == 2
+    # Each width's T chosen on validation (the sweep's students learn without it), test errors beside it.
+    (chosen,) = res["sweep_chosen"]
+    best = min(res["sweep"], key=lambda s: (s["val_errors"], s["temperature"]))
+    assert chosen == {"width": 30, "temperature": best["temperature"], "val_errors": best["val_errors"],
+                      "test_errors": best["test_errors"]}
+    assert f"Width 30: T = {best['temperature']:g} chosen on validation" in (out / "results.md").read_text()
     assert res["stages_done"] == res["stages_total"] == len(res["stages"]) == 15
     assert "| teacher | test_errors | 67 |" in (out / "results.md").read_text()
     for png in ("sweep.png", "bias_fix.png"):

@@ -392,11 +392,14 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
                                        val_size=sc.val_size, out=ckpt, resume=True, progress=progress)
         return {**_summary(r), **fix, **chosen}
     cfg = scaled(DISTILLED, sc, sc.sweep_epochs, seed, device)
-    if stage.kind == "sweep":
+    if stage.kind == "sweep":  # on the training split less validation, so that each width's T is chosen there
         cfg = replace(cfg, arch=SWEEP_WIDTHS_ARCH[p["width"]])
+        x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
         r = distill(stage.name, data, teacher, cfg, replace(DISTILL, temperature=float(p["temperature"])), out=ckpt,
-                    resume=True, progress=progress)
-        return {"width": p["width"], "temperature": float(p["temperature"]), **_summary(r)}
+                    resume=True, progress=progress, transfer=(x_rest, y_rest))
+        val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
+        return {"width": p["width"], "temperature": float(p["temperature"]), **_summary(r),
+                "val_errors": val["errors"], "val_size": len(y_val)}
     if stage.kind == "match_logits":
         r = match_logits(stage.name, data, teacher, cfg, data.x_train, out=ckpt, resume=True, progress=progress)
         return {"method": "logit matching (MSE)", "temperature": None, **_summary(r)}
@@ -483,7 +486,7 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
     per_class = {s.name: done[s.name]["per_class_errors"] for s in stages if s.kind in SEED_STAGES and s.name in done}
     per_class.update({f"{s.name}+bias_fix": done[s.name]["fixed_per_class_errors"] for s in stages
                       if s.kind in ("omit3", "only78") and s.name in done})
-    sweep = [{k: done[s.name][k] for k in ("width", "temperature", "test_errors")}
+    sweep = [{k: done[s.name].get(k) for k in ("width", "temperature", "test_errors", "val_errors")}
              for s in by_kind.get("sweep", []) if s.name in done]
     matching = [{k: done[s.name][k] for k in ("method", "temperature", "test_errors")}
                 for s in by_kind.get("match_logits", []) + by_kind.get("match_soft", []) if s.name in done]
@@ -511,8 +514,21 @@ def summarise(stages: list[Stage], records: dict[str, dict[str, Any]], sc: Scale
                                       [val["val_errors"]], [student], val["val_size"], "teacher",
                                       "seed 0's nets trained without the validation split, as the choices were made"))
     return {"rows": rows, "beyond_paper_rows": beyond, "bias_offsets": offsets, "sweep": sweep,
+            "sweep_chosen": sweep_chosen(sweep, sc),
             "logit_matching": matching, "per_class_errors": per_class, "choices": choices,
             "teacher_check": [c for c in checks if c]}
+
+
+def sweep_chosen(sweep: list[dict[str, Any]], sc: Scale) -> list[dict[str, Any]]:
+    """Per student width whose every temperature ran: the T with the fewest validation errors (ties: the lower T)
+    and its test errors, for reference."""
+    chosen = []
+    for width in sc.sweep_widths:
+        runs = [r for r in sweep if r["width"] == width and r.get("val_errors") is not None]
+        if runs and len(runs) == len(sc.sweep_temperatures):
+            best = min(runs, key=lambda r: (r["val_errors"], r["temperature"]))
+            chosen.append({"width": width, **{k: best[k] for k in ("temperature", "val_errors", "test_errors")}})
+    return chosen
 
 
 def _choices(stages: list[Stage], done: dict[str, dict[str, Any]], sc: Scale) -> dict[str, Any]:
@@ -564,11 +580,15 @@ def markdown(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {k} | {v['paper']} | {v['validation_fitted']} | {v['test_optimal']} |")
     if results["sweep"]:
         temps = sorted({s["temperature"] for s in results["sweep"]})
-        lines += ["", "Test errors of distilled students, T x width (seed 0's teacher):", "",
+        lines += ["", "Test errors of distilled students, T x width (seed 0's teacher; students on the training split "
+                  "less validation):", "",
                   "| width | " + " | ".join(f"T={t:g}" for t in temps) + " |", "|---" * (len(temps) + 1) + "|"]
         for w in sorted({s["width"] for s in results["sweep"]}):
             vals = {s["temperature"]: s["test_errors"] for s in results["sweep"] if s["width"] == w}
             lines.append(f"| {w} | " + " | ".join(str(vals.get(t, "")) for t in temps) + " |")
+        for c in results.get("sweep_chosen", []):
+            lines.append(f"\nWidth {c['width']}: T = {c['temperature']:g} chosen on validation ({c['val_errors']} "
+                         f"errors), {c['test_errors']} test errors.")
     if results["logit_matching"]:
         lines += ["", "| student objective (2x800) | T | test errors |", "|---|---|---|"]
         for m in results["logit_matching"]:
