@@ -62,6 +62,10 @@ def test_results_contract(reference):
     assert chosen == {"width": 30, "temperature": best["temperature"], "val_errors": best["val_errors"],
                       "test_errors": best["test_errors"]}
     assert f"Width 30: T = {best['temperature']:g} chosen on validation" in (out / "results.md").read_text()
+    sc = mnist.SCALES["smoke"]
+    for s in res["sweep"]:
+        record = json.loads((out / "stages" / f"sweep__w30-T{s['temperature']:g}.json").read_text())["result"]
+        assert record["transfer_size"] == sc.train_limit - sc.val_size
     assert res["stages_done"] == res["stages_total"] == len(res["stages"]) == 15
     assert "| teacher | test_errors | 67 |" in (out / "results.md").read_text()
     for png in ("sweep.png", "bias_fix.png"):
@@ -285,6 +289,9 @@ def test_the_second_rung_trains_the_best_short_choices_to_full_length_and_choose
     assert "teacher, second rung, 2 epochs" in (out / "results.md").read_text()
     # One rung fewer on --resume: the second rung's stages run again, from their checkpoints (named by option,
     # not rank), and every teacher after them with its own checkpoint forgotten.
+    kept = out / f"models/choose__teacher-long-{long[0]['option']}" / "model.json"
+    before = kept.read_bytes()  # with each epoch's seconds: a run trained again would not match it
+    (out / "teachers" / "seed0" / "stale.txt").write_text("forgotten with teacher/s0")
     exp.scales["rungs"] = replace(sc, long_choices=1)
     again = reproduce(exp, mnist_dir, out, scale="rungs", seeds=1, device="cpu", progress=False, resume=True,
                       log=lambda m: None)
@@ -292,6 +299,8 @@ def test_the_second_rung_trains_the_best_short_choices_to_full_length_and_choose
     rungs = again["choices"]["teacher"]
     assert rungs["long"] == long[:1] and rungs["chosen"] == long[0]["option"]
     assert "teacher/s0" in again["invocations"][-1]["ran_again"]
+    assert kept.read_bytes() == before and not (out / "teachers" / "seed0" / "stale.txt").exists()
+    assert (out / "teachers" / "seed0" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="must be shorter"):
         replace(sc, choice_teacher_epochs=2)
 

@@ -9,8 +9,9 @@ paper reported its +3.5 and -7.6.
 
 What depends on the data set is chosen on that validation split first, so that the recipes hold on 28x28
 data they never saw: seed 0's teacher is trained without the split once per regularisation option
-(``TEACHER_OPTIONS``) and the option with the fewest validation errors trains every seed's teacher; from
-that teacher, students over the scale's temperatures and hard-label weights choose the pair every
+(``TEACHER_OPTIONS``; where the scale sets ``long_choices``, for a short run, and the best few again for the
+full length) and the earliest option within one standard error of the fewest validation errors trains every
+seed's teacher; from the chosen run, students over the scale's temperatures and hard-label weights choose the pair every
 distilled student uses. A hard-label student trained the same way is the teacher check's baseline there.
 
 Every training run is a stage of ``experiments.runner``: recorded the moment it finishes (done or
@@ -104,8 +105,8 @@ class Scale:
     teacher_options: tuple[str, ...] = ()  # names in TEACHER_OPTIONS
     choice_teacher_epochs: int = 0  # those teachers' epochs (0: teacher_epochs)
     # A second rung: the best N options of the first (short) rung trained again for teacher_epochs on the same
-    # split, and the one with the fewest validation errors chosen (0: the first rung chooses). A short run favours
-    # the fastest learner, not the best at full length (recipes/README.md, "The full scale's teacher").
+    # split, the choice made among them (0: the first rung chooses). A short run favours the fastest learner, not
+    # the best at full length (recipes/README.md, "The full scale's teacher").
     long_choices: int = 0
     distill_temperatures: tuple[float, ...] = ()  # with distill_hard_weights: the grid of students
     distill_hard_weights: tuple[float, ...] = ()
@@ -396,7 +397,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         cfg = replace(cfg, arch=SWEEP_WIDTHS_ARCH[p["width"]])
         x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
         r = distill(stage.name, data, teacher, cfg, replace(DISTILL, temperature=float(p["temperature"])), out=ckpt,
-                    resume=True, progress=progress, transfer=(x_rest, y_rest))
+                    resume=True, progress=progress, transfer=(x_rest, y_rest), meta={"transfer": "less validation"})
         val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
         return {"width": p["width"], "temperature": float(p["temperature"]), **_summary(r),
                 "val_errors": val["errors"], "val_size": len(y_val)}
@@ -540,8 +541,9 @@ def _choices(stages: list[Stage], done: dict[str, dict[str, Any]], sc: Scale) ->
                  **{k: done[s.name][k] for k in ("diverged", "not_run") if k in done[s.name]}}
                 for s in stages if s.kind == kind and s.name in done]
 
-    teacher: dict[str, Any] = {"options": tried("choose_teacher", ("option",)),
-                               "rule": "the earliest option within one standard error of the fewest validation errors"}
+    teacher: dict[str, Any] = {"options": tried("choose_teacher", ("option",))}
+    if teacher_options(sc):
+        teacher["rule"] = "the earliest option within one standard error of the fewest validation errors"
     if sc.long_choices:  # the second rung: the best options of the first trained for teacher_epochs
         teacher["long"] = tried("choose_long_teacher", ("rank", "option"))
     distill_: dict[str, Any] = {"grid": tried("choose_distill", ("temperature", "hard_weight"))}
@@ -580,8 +582,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {k} | {v['paper']} | {v['validation_fitted']} | {v['test_optimal']} |")
     if results["sweep"]:
         temps = sorted({s["temperature"] for s in results["sweep"]})
-        lines += ["", "Test errors of distilled students, T x width (seed 0's teacher; students on the training split "
-                  "less validation):", "",
+        split = ("; students on the training split less validation" if all(s.get("val_errors") is not None
+                                                                             for s in results["sweep"]) else "")
+        lines += ["", f"Test errors of distilled students, T x width (seed 0's teacher{split}):", "",
                   "| width | " + " | ".join(f"T={t:g}" for t in temps) + " |", "|---" * (len(temps) + 1) + "|"]
         for w in sorted({s["width"] for s in results["sweep"]}):
             vals = {s["temperature"]: s["test_errors"] for s in results["sweep"] if s["width"] == w}
@@ -625,8 +628,9 @@ def _choices_markdown(choices: dict[str, Any]) -> list[str]:
                      f"{pick} |")
     for o in long or []:
         name = o["option"] or f"rank {o['rank']}"
+        pick = o["option"] is not None and o["option"] == teacher.get("chosen")
         lines.append(f"| teacher, second rung{_epochs(o)} | {name} | {_val(o)} | {o['test_errors'] or ''} | "
-                     f"{'yes' if o['option'] == teacher.get('chosen') else ''} |")
+                     f"{'yes' if pick else ''} |")
     if "student_val_errors" in teacher:
         lines.append(f"| (baseline) | hard-label student | {teacher['student_val_errors']} | | |")
     chosen = distill_.get("chosen", {})
@@ -678,8 +682,9 @@ EXPERIMENT = Experiment(
     stages=build_stages, run_stage=run_stage, summarise=summarise, markdown=markdown, plots=plots,
     precision=TEACHER.precision,
     configs=lambda sc: {"teacher": teacher_recipe(sc), "student": STUDENT, "distilled": DISTILLED, "distill": DISTILL},
-    # Changing what the validation split weighs re-runs the choice and everything made from it on --resume.
+    # Changing what the validation split weighs re-runs the choice and everything made from it on --resume (the
+    # second rung's setting owns the stages that read its choice too: without a second rung they no longer exist).
     owners={"scale.teacher_options": ("choose_teacher",), "scale.choice_teacher_epochs": ("choose_teacher",),
-            "scale.long_choices": ("choose_long_teacher",),
+            "scale.long_choices": ("choose_long_teacher", "choose_distill", "teacher"),
             "scale.distill_temperatures": ("choose_distill",), "scale.distill_hard_weights": ("choose_distill",),
             "scale.choice_student_epochs": ("choose_student", "choose_distill")})
