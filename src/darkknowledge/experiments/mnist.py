@@ -11,8 +11,8 @@ What depends on the data set is chosen on that validation split first, so that t
 data they never saw: seed 0's teacher is trained without the split once per regularisation option
 (``TEACHER_OPTIONS``; where the scale sets ``long_choices``, for a short run, and the best few again for the
 full length) and the earliest option within one standard error of the fewest validation errors trains every
-seed's teacher; from the chosen run, students over the scale's temperatures and hard-label weights choose the pair every
-distilled student uses. A hard-label student trained the same way is the teacher check's baseline there.
+seed's teacher; from the chosen run, students over the scale's temperatures and hard-label weights choose
+the pair every distilled student uses. A hard-label student trained the same way is the teacher check's baseline there.
 
 Every training run is a stage of ``experiments.runner``: recorded the moment it finishes (done or
 failed, with its error), checkpointed every epoch, resumable with ``--resume``; ``results.json`` and
@@ -232,6 +232,12 @@ def chosen_distill(inputs: dict[str, Any], scale: Scale) -> DistillConfig:
     return replace(DISTILL, temperature=t, hard_weight=h)
 
 
+def choice_split(data: Dataset, scale: Scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_rest, y_rest, x_val, y_val)``: the training images less the validation split, and that split, on which
+    every choice, a held-out teacher and the sweep are measured (seed 0's split, the same for every stage)."""
+    return split_validation(data.x_train, data.y_train, scale.val_size, seed=0)
+
+
 def scaled(cfg: TrainConfig, scale: Scale, epochs: int, seed: int, device: str) -> TrainConfig:
     return replace(cfg, epochs=epochs, seed=seed, device=device, batch_size=scale.batch_size or cfg.batch_size)
 
@@ -364,7 +370,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
         if not sc.teacher_holdout:
             return {**_summary(train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress)),
                     "option": option, "checkpoint": relative_to(out, teacher_dir)}
-        x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
+        x_rest, y_rest, x_val, y_val = choice_split(data, sc)
         r = train("teacher", data, cfg, out=teacher_dir, resume=True, progress=progress, transfer=(x_rest, y_rest))
         val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
         return {**_summary(r), "val_errors": val["errors"], "val_size": len(y_val), "option": option,
@@ -395,9 +401,9 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     cfg = scaled(DISTILLED, sc, sc.sweep_epochs, seed, device)
     if stage.kind == "sweep":  # on the training split less validation, so that each width's T is chosen there
         cfg = replace(cfg, arch=SWEEP_WIDTHS_ARCH[p["width"]])
-        x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
+        x_rest, y_rest, x_val, y_val = choice_split(data, sc)
         r = distill(stage.name, data, teacher, cfg, replace(DISTILL, temperature=float(p["temperature"])), out=ckpt,
-                    resume=True, progress=progress, transfer=(x_rest, y_rest), meta={"transfer": "less validation"})
+                    resume=True, progress=progress, transfer=(x_rest, y_rest), meta={"transfer_size": len(y_rest)})
         val = errors_from_logits(predict_logits(r.model, x_val), y_val, data.num_classes)
         return {"width": p["width"], "temperature": float(p["temperature"]), **_summary(r),
                 "val_errors": val["errors"], "val_size": len(y_val)}
@@ -415,7 +421,7 @@ def _choose(stage: Stage, inputs: dict[str, Any], data: Dataset, ckpt: Path) -> 
     """A choice stage: seed 0's net trained without the validation split, and its errors there."""
     p = stage.params
     sc, device, progress = p["scale"], p["device"], p["progress"]
-    x_rest, y_rest, x_val, y_val = split_validation(data.x_train, data.y_train, sc.val_size, seed=0)
+    x_rest, y_rest, x_val, y_val = choice_split(data, sc)
     epochs = sc.choice_student_epochs or sc.student_epochs
     if stage.kind == "choose_long_teacher":  # the rank-th best option of the first rung, trained to full length
         options = list(teacher_options(sc))
