@@ -335,3 +335,31 @@ def test_a_training_limit_stratifies_when_a_label_is_absent():
     y = torch.tensor([0, 1, 2, 3, 4, 6, 7, 8, 9]).repeat_interleave(100)
     keep = mnist.training_subset(y, 450)
     assert torch.bincount(y[keep], minlength=10).tolist() == [50] * 5 + [0] + [50] * 4
+
+
+def test_the_diagnosis_rereads_the_runs_students_and_offsets(reference, mnist_dir, tmp_path):
+    # benchmarks/mnist_diagnosis.py: each student's fit to its teacher, and the bias fix's errors per offset on
+    # validation and test; its numbers at the fitted offset are the reproduction's own.
+    from pathlib import Path
+
+    out, _, res = reference
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "mnist_diagnosis.py"
+    r = subprocess.run([sys.executable, str(script), "--run", str(out), "--data-dir", str(mnist_dir), "--out",
+                        str(tmp_path / "d.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    diag = json.loads((tmp_path / "d.json").read_text())
+    rows = {row["experiment"]: row["values"][0] for row in res["rows"]}
+    fit = {(f["net"], f["split"]): f for f in diag["fit"]}
+    assert fit[("teacher", "test")]["errors"] == rows["teacher"]
+    assert fit[("distilled", "test")]["errors"] == rows["distilled"] and fit[("student", "test")]["errors"] == rows["student"]
+    assert all(0 <= f["agreement_percent"] <= 100 and f["kl_t1_nats"] >= 0 for f in diag["fit"] if f["net"] != "teacher")
+    for b in diag["bias_fix"]:
+        stage = json.loads((out / "stages" / f"{b['experiment']}__s0.json").read_text())["result"]
+        assert b["fitted_offset"] == b["recorded_offset"] == stage["offset"]
+        assert b["test_errors"]["fitted"] == stage["fixed_errors"] and b["test_errors_unfixed"] == stage["test_errors"]
+        assert b["test_errors"]["test_optimal"] == min(b["curve"]["test_errors"]) <= b["test_errors"]["fitted"]
+    assert {b["experiment"] for b in diag["bias_fix"]} == {"omit3", "only78"}
+    assert (tmp_path / "d-bias.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run([sys.executable, str(script), "--run", str(tmp_path), "--data-dir", str(mnist_dir)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "no readable reproduction.json" in bad.stderr and "Traceback" not in bad.stderr
