@@ -36,13 +36,13 @@ from common import environment, save  # noqa: E402
 from darkknowledge.checkpoint import load_checkpoint  # noqa: E402
 from darkknowledge.data import split_validation  # noqa: E402
 from darkknowledge.errors import DKError  # noqa: E402
-from darkknowledge.evaluation import fit_bias_offset, predict_logits  # noqa: E402
+from darkknowledge.evaluation import fit_bias_offset, offset_errors, offset_grid, predict_logits  # noqa: E402
 from darkknowledge.experiments.mnist import PAPER_OFFSETS, SCALES, load_data_for  # noqa: E402
 from darkknowledge.experiments.report import save_figure  # noqa: E402
 
 STUDENTS = ("student", "distilled", "distilled-jittered")
 RESTRICTED = {"omit3": (3,), "only78": (7, 8)}
-GRID = torch.arange(-200, 201) / 10  # the offsets fit_bias_offset tries
+GRID = offset_grid()  # the offsets fit_bias_offset tries
 
 
 def stage(run: Path, name: str) -> dict | None:
@@ -67,12 +67,8 @@ def offset_curve(logits: torch.Tensor, y: torch.Tensor, classes: tuple[int, ...]
     """Errors and mean cross-entropy for every offset of ``GRID`` added to ``classes``' logits."""
     mask = torch.zeros(logits.shape[1])
     mask[list(classes)] = 1.0
-    errors, nll = [], []
-    for g in GRID:
-        shifted = logits + g * mask
-        errors.append(int((shifted.argmax(1) != y).sum()))
-        nll.append(float(F.cross_entropy(shifted, y)))
-    return errors, nll
+    nll = [float(F.cross_entropy(logits + g * mask, y)) for g in GRID]
+    return offset_errors(logits, y, classes, GRID).tolist(), nll
 
 
 def at(curve: list[int], offset: float) -> int:

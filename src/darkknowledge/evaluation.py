@@ -107,15 +107,26 @@ def fit_bias_offset(logits: torch.Tensor, y: torch.Tensor, classes: list[int] | 
         ``(offset, errors at that offset)``.
     """
     if grid is None:
-        grid = torch.arange(-200, 201, device=logits.device) / 10
+        grid = offset_grid(logits.device)
     grid = grid[grid.abs().argsort(stable=True)].to(logits.device)  # smallest |offset| first: wins ties
+    errors = offset_errors(logits, y, classes, grid)
+    best = int(errors.argmin())
+    return round(float(grid[best]), 4), int(errors[best])
+
+
+def offset_grid(device: str | torch.device = "cpu") -> torch.Tensor:
+    """The offsets ``fit_bias_offset`` tries by default: -20 to 20 in steps of 0.1."""
+    return torch.arange(-200, 201, device=device) / 10
+
+
+def offset_errors(logits: torch.Tensor, y: torch.Tensor, classes: list[int] | tuple[int, ...],
+                  grid: torch.Tensor) -> torch.Tensor:
+    """``[G]`` errors on ``(logits, y)`` with each offset of ``grid`` added to the logits of ``classes``."""
     mask = torch.zeros(logits.shape[-1], device=logits.device)
     mask[list(classes)] = 1.0
     # [G, N]: predictions for every candidate offset at once.
-    preds = (logits[None] + grid[:, None, None] * mask).argmax(-1)
-    errors = (preds != y[None]).sum(-1)
-    best = int(errors.argmin())
-    return round(float(grid[best]), 4), int(errors[best])
+    preds = (logits[None] + grid.to(logits.device)[:, None, None] * mask).argmax(-1)
+    return (preds != y[None]).sum(-1)
 
 
 def teacher_check(teacher_errors: Sequence[float], baseline_errors: Sequence[float], size: int, split: str, *,
