@@ -1,6 +1,8 @@
-"""Peak memory of the token-level distillation loss against vocabulary size: the chunked loss (``lm.chunked_loss``)
-beside the dense one that builds every ``[positions, V]`` logit, forward and backward, each configuration in a
-fresh process (peak resident memory above the inputs', from ``getrusage`` and ``/proc/self/statm``).
+"""Peak memory and time of the token-level distillation loss against vocabulary size: the chunked loss
+(``lm.chunked_loss``, each chunk's gradients taken as it goes) and its checkpointed form (``recompute=True``, each
+chunk run again in the backward pass) beside the dense loss that builds every ``[positions, V]`` logit, forward
+and backward, each configuration in a fresh process (peak resident memory above the inputs', from ``getrusage``
+and ``/proc/self/statm``).
 
     python benchmarks/lm_loss_memory.py [--vocab 4096 16384 65536] [--positions 4096] [--dim 128]
 """
@@ -11,6 +13,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import environment, save  # noqa: E402
+
+
+MODES = ("dense", "recompute", "chunked")
 
 
 def _rss_mib() -> float:
@@ -44,7 +50,8 @@ def child(mode: str, vocab: int, positions: int, dim: int, chunk: int) -> dict:
         loss = lm.dense_soft_loss(z, th @ tw.t(), 2.0) / positions * 4 + F.cross_entropy(z, y)
     else:
         loss = lm.chunked_loss(h, w, lambda z, yc, thc: 4 * lm.dense_soft_loss(z, thc @ tw.t(), 2.0)
-                               + F.cross_entropy(z, yc, reduction="sum"), (y, th), chunk=chunk)
+                               + F.cross_entropy(z, yc, reduction="sum"), (y, th), chunk=chunk,
+                               recompute=mode == "recompute")
     loss.backward()
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -59,6 +66,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per configuration")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.child:
@@ -67,16 +75,24 @@ def main() -> None:
         return
     rows = []
     for vocab in args.vocab:
-        for mode in ("dense", "chunked"):
-            r = subprocess.run([sys.executable, __file__, "--child", mode, str(vocab), str(args.positions),
-                                str(args.dim), str(args.chunk)], capture_output=True, text=True, check=True)
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-            print(f"{mode:8s} V={vocab:6d}  peak above inputs {rows[-1]['peak_above_inputs_mib']:8.1f} MiB  "
-                  f"{rows[-1]['seconds']:.2f} s  loss {rows[-1]['loss']:.4f}", flush=True)
+        for mode in MODES:
+            runs = []
+            for _ in range(args.repeats):  # fresh processes, in turn: the median and every run kept
+                r = subprocess.run([sys.executable, __file__, "--child", mode, str(vocab), str(args.positions),
+                                    str(args.dim), str(args.chunk)], capture_output=True, text=True, check=True)
+                runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            row = {**runs[0], **{key: statistics.median(x[key] for x in runs)
+                                 for key in ("peak_above_inputs_mib", "seconds")},
+                   "runs": [{key: x[key] for key in ("peak_above_inputs_mib", "seconds")} for x in runs]}
+            rows.append(row)
+            print(f"{mode:9s} V={vocab:6d}  peak above inputs {row['peak_above_inputs_mib']:8.1f} MiB  "
+                  f"{row['seconds']:.2f} s (medians of {len(runs)})  loss {row['loss']:.4f}", flush=True)
     for vocab in args.vocab:
-        d, c = (next(r for r in rows if r["mode"] == m and r["vocab"] == vocab) for m in ("dense", "chunked"))
-        assert abs(d["loss"] - c["loss"]) < 1e-3 * abs(d["loss"]), (d["loss"], c["loss"])
-    result = {"benchmark": "lm_loss_memory", **environment(torch.device("cpu")), "seed": 0, "rows": rows,
+        d, *cs = (next(r for r in rows if r["mode"] == m and r["vocab"] == vocab) for m in MODES)
+        for c in cs:
+            assert abs(d["loss"] - c["loss"]) < 1e-3 * abs(d["loss"]), (d["loss"], c["loss"])
+    result = {"benchmark": "lm_loss_memory", **environment(torch.device("cpu")), "seed": 0,
+              "torch_threads": torch.get_num_threads(), "rows": rows,
               "one_chunk_of_logits_mib": {v: round(args.chunk * v * 4 / 2**20, 1) for v in args.vocab}}
     print(f"wrote {save('lm-loss-memory-cpu.json', result, args.out)}")
 

@@ -39,6 +39,32 @@ def test_chunked_loss_matches_the_dense_loss_and_its_gradients():
         torch.testing.assert_close(x1, x2)
 
 
+def test_chunked_loss_gradients_on_both_paths_match_autograd_on_the_dense_loss():
+    """Extras that need gradients take the checkpointed path, the rest the path that takes each chunk's gradients
+    as it goes; a frozen head or frozen hidden states get none; both agree with autograd through the dense loss."""
+    torch.manual_seed(2)
+    h = torch.randn(2, 9, 6, requires_grad=True)
+    w = torch.randn(40, 6, requires_grad=True)
+    t = torch.randn(2, 9, 40, requires_grad=True)  # a teacher trained jointly: its logits want gradients too
+
+    def chunk(logits, tl):
+        return lm.dense_soft_loss(logits, tl, 3.0)
+
+    dense = lm.dense_soft_loss((h @ w.t()).reshape(-1, 40), t.reshape(-1, 40), 3.0) / 18
+    want = torch.autograd.grad(dense, (h, w, t))
+    got = torch.autograd.grad(lm.chunked_loss(h, w, chunk, (t,), chunk=4), (h, w, t))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    frozen = w.detach()
+    loss = lm.chunked_loss(h, frozen, chunk, (t.detach(),), chunk=4)
+    torch.testing.assert_close(torch.autograd.grad(loss, h)[0],
+                               torch.autograd.grad(lm.dense_soft_loss((h @ frozen.t()).reshape(-1, 40),
+                                                                      t.detach().reshape(-1, 40), 3.0) / 18, h)[0])
+    assert lm.chunked_loss(h.detach(), w, chunk, (t.detach(),), chunk=4).grad_fn is not None
+    with torch.no_grad():
+        torch.testing.assert_close(lm.chunked_loss(h, w, chunk, (t,), chunk=4), dense.detach())
+
+
 @pytest.mark.parametrize("tail", lm.TAILS)
 def test_every_tail_is_the_full_kl_when_the_top_k_leaves_no_doubt(tail):
     torch.manual_seed(1)

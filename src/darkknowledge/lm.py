@@ -3,8 +3,9 @@
 A causal LM here is any module whose ``forward(tokens [B, S])`` gives hidden states ``[B, S, D]`` and whose
 ``head_weight`` ``[V, D]`` maps them to logits: the registry's ``gpt-{D}x{L}`` (``TinyGPT``), or a Hugging
 Face causal LM behind ``HFCausalLM``. The loss never builds the ``[B, S, V]`` logits: ``chunked_loss`` walks
-the positions in chunks, each recomputed in the backward pass (``torch.utils.checkpoint``), so its peak memory
-beyond the hidden states is one chunk's logits, whatever the vocabulary (``benchmarks/lm_loss_memory.py``).
+the positions in chunks, taking each chunk's gradients as it goes and freeing its logits before the next, so
+its peak memory beyond the hidden states and the head is one chunk's logits, whatever the vocabulary
+(``benchmarks/lm_loss_memory.py``).
 
 The teacher's targets come either on the fly (``FullLogits``: the teacher runs on every batch, every logit
 used) or from a sparse cache computed once (``TopKCache``: per token the k largest of the teacher's
@@ -148,15 +149,57 @@ def as_causal_lm(model: nn.Module) -> nn.Module:
 
 # ---- the chunked loss ---------------------------------------------------------------------------------------
 
+class _ChunkGrads(torch.autograd.Function):
+    """The chunked loss's autograd node: ``forward`` walks the chunks, taking each chunk's loss and its
+    gradients for the hidden states and the head at once (one forward and one backward of the chunk, its
+    logits freed before the next), and keeps only those gradients, the size of ``h`` and ``w``; ``backward``
+    scales them by the incoming gradient. Nothing is recomputed, unlike checkpointing each chunk."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, chunk_loss: Callable[..., torch.Tensor], chunk: int,
+                *ex: torch.Tensor) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gh = torch.zeros_like(h) if need_h else None
+        wl = w.detach().requires_grad_(need_w)
+        gw = torch.zeros_like(w, dtype=torch.float32) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        with torch.enable_grad():
+            for i in range(0, h.shape[0], chunk):
+                hc = h[i:i + chunk].detach().requires_grad_(need_h)
+                loss = chunk_loss((hc @ wl.t()).float(), *(e[i:i + chunk] for e in ex))
+                wants = [x for x, need in ((hc, need_h), (wl, need_w)) if need]
+                grads = iter(torch.autograd.grad(loss, wants))
+                if need_h:
+                    gh[i:i + chunk] = next(grads)
+                if need_w:
+                    gw += next(grads)
+                total += loss.detach()
+        n = h.shape[0]
+        ctx.save_for_backward(gh.div_(n) if need_h else None, gw.div_(n).to(w.dtype) if need_w else None)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gh, gw = ctx.saved_tensors
+        return (gh * grad if gh is not None else None, gw * grad if gw is not None else None, None, None,
+                *([None] * (len(ctx.needs_input_grad) - 4)))
+
+
 def chunked_loss(hidden: torch.Tensor, head: torch.Tensor, chunk_loss: Callable[..., torch.Tensor],
-                 extras: tuple[torch.Tensor, ...], chunk: int = CHUNK) -> torch.Tensor:
+                 extras: tuple[torch.Tensor, ...], chunk: int = CHUNK, recompute: bool = False) -> torch.Tensor:
     """Mean over positions of ``chunk_loss(logits [c, V], *extras_chunk) -> summed loss``, where the logits are
-    ``hidden @ head.T`` for ``c`` positions at a time, recomputed in the backward pass: the full ``[P, V]``
-    logits never exist. ``hidden [..., D]`` and each extra ``[..., *]`` are flattened over their leading
-    positions."""
+    ``hidden @ head.T`` for ``c`` positions at a time: the full ``[P, V]`` logits never exist. With gradients,
+    each chunk's gradients are taken as it is computed (``_ChunkGrads``), so the backward pass recomputes
+    nothing; with ``recompute`` (taken anyway where an extra needs gradients itself) each chunk is
+    checkpointed instead, run again in the backward pass (``torch.utils.checkpoint``: slower, and the only
+    path that supports a second derivative). ``hidden [..., D]`` and each extra ``[..., *]`` are flattened over
+    their leading positions."""
     d = hidden.shape[-1]
     h = hidden.reshape(-1, d)
     ex = [e.reshape(h.shape[0], *e.shape[hidden.dim() - 1:]) for e in extras]
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.requires_grad)
+    if grad and not recompute and not any(e.requires_grad for e in ex):
+        return _ChunkGrads.apply(h, head, chunk_loss, chunk, *ex)
 
     def part(hc: torch.Tensor, w: torch.Tensor, *ec: torch.Tensor) -> torch.Tensor:
         return chunk_loss((hc @ w.t()).float(), *ec)
@@ -164,7 +207,7 @@ def chunked_loss(hidden: torch.Tensor, head: torch.Tensor, chunk_loss: Callable[
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk):
         args = (h[i:i + chunk], head, *(e[i:i + chunk] for e in ex))
-        total = total + (checkpoint(part, *args, use_reentrant=False) if torch.is_grad_enabled() else part(*args))
+        total = total + (checkpoint(part, *args, use_reentrant=False) if grad else part(*args))
     return total / h.shape[0]
 
 
