@@ -65,6 +65,22 @@ def test_chunked_loss_gradients_on_both_paths_match_autograd_on_the_dense_loss()
         torch.testing.assert_close(lm.chunked_loss(h, w, chunk, (t,), chunk=4), dense.detach())
 
 
+def test_chunked_loss_under_bf16_autocast_matches_its_checkpointed_form():
+    torch.manual_seed(3)
+    h = torch.randn(4, 8, 16, requires_grad=True)
+    w = torch.randn(64, 16, requires_grad=True)
+    y = torch.randint(0, 64, (4, 8))
+    grads = []
+    for recompute in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = h * 1.0  # a bf16-producing model would hand bf16 hidden states on
+            loss = lm.chunked_loss(hidden.to(torch.bfloat16), w, lm._hard, (y,), chunk=5, recompute=recompute)
+        grads.append(torch.autograd.grad(loss, (h, w)) + (loss.detach(),))
+    assert grads[0][0].dtype == torch.float32 and grads[0][1].dtype == torch.float32
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
 @pytest.mark.parametrize("tail", lm.TAILS)
 def test_every_tail_is_the_full_kl_when_the_top_k_leaves_no_doubt(tail):
     torch.manual_seed(1)
