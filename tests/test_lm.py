@@ -72,9 +72,8 @@ def test_chunked_loss_under_bf16_autocast_matches_its_checkpointed_form():
     y = torch.randint(0, 64, (4, 8))
     grads = []
     for recompute in (False, True):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = h * 1.0  # a bf16-producing model would hand bf16 hidden states on
-            loss = lm.chunked_loss(hidden.to(torch.bfloat16), w, lm._hard, (y,), chunk=5, recompute=recompute)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a model under autocast hands on bf16 hidden states
+            loss = lm.chunked_loss(h.to(torch.bfloat16), w, lm._hard, (y,), chunk=5, recompute=recompute)
         grads.append(torch.autograd.grad(loss, (h, w)) + (loss.detach(),))
     assert grads[0][0].dtype == torch.float32 and grads[0][1].dtype == torch.float32
     for a, b in zip(*grads):

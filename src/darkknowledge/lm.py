@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from darkknowledge.checkpoint import atomic_write_bytes, atomic_write_json
@@ -179,6 +180,7 @@ class _ChunkGrads(torch.autograd.Function):
         return total / n
 
     @staticmethod
+    @once_differentiable  # the saved gradients are constants: a second derivative through them is an error
     def backward(ctx, grad: torch.Tensor):
         gh, gw = ctx.saved_tensors
         return (gh * grad if gh is not None else None, gw * grad if gw is not None else None, None, None,
@@ -192,13 +194,14 @@ def chunked_loss(hidden: torch.Tensor, head: torch.Tensor, chunk_loss: Callable[
     each chunk's gradients are taken as it is computed (``_ChunkGrads``), so the backward pass recomputes
     nothing; with ``recompute`` (taken anyway where an extra needs gradients itself) each chunk is
     checkpointed instead, run again in the backward pass (``torch.utils.checkpoint``: slower, and the only
-    path that supports a second derivative). ``hidden [..., D]`` and each extra ``[..., *]`` are flattened over
+    path that supports a second derivative; the other refuses one). ``hidden [..., D]`` and each extra ``[..., *]`` are flattened over
     their leading positions."""
     d = hidden.shape[-1]
     h = hidden.reshape(-1, d)
     ex = [e.reshape(h.shape[0], *e.shape[hidden.dim() - 1:]) for e in extras]
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.requires_grad)
-    if grad and not recompute and not any(e.requires_grad for e in ex):
+    extras_need_grad = any(e.requires_grad for e in ex)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.requires_grad or extras_need_grad)
+    if grad and not recompute and not extras_need_grad:
         return _ChunkGrads.apply(h, head, chunk_loss, chunk, *ex)
 
     def part(hc: torch.Tensor, w: torch.Tensor, *ec: torch.Tensor) -> torch.Tensor:

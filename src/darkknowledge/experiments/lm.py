@@ -62,9 +62,9 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     # About 3 MB of training text (three times the quick scale's), a 4,096-token BPE, windows of 256: a
-    # 4.8 M-parameter teacher and a 0.9 M student; one sampled cache (32 draws). Measured rates (2 AVX2 cores,
-    # fp32: teacher 3,200 tokens/s, student 15,600) put 3 seeds near 2.5 h; all 14 MB of the standard
-    # library would take about 8 h.
+    # 4.8 M-parameter teacher and a 0.9 M student; one sampled cache (32 draws). About 3 h for 3 seeds on 2 AVX2
+    # cores in fp32 with --workers 2 (measured, 2026-12-06: each teacher 2,300 s on one thread); all 14 MB of
+    # the standard library would take about 8 h.
     "full": Scale(teacher="gpt-256x4-d10", student="gpt-128x2", vocab=4096, seq_len=256, train_bytes=3_000_000,
                   teacher_epochs=5, student_epochs=4, choice_epochs=2, sample_ks=(32,)),
     # Minutes on 2 CPU cores: about 1 MB of training text, a 2,048-token BPE, windows of 128.
