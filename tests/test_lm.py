@@ -219,17 +219,18 @@ def test_reproduce_lm_at_smoke_scale(tmp_path):
     from darkknowledge.experiments.lm import load_teacher
 
     with pytest.raises(DKError, match="another tokenizer"):
-        load_teacher(out / "models" / "teacher-s0", "not-this-tokenizer", 300, torch.device("cpu"))
+        load_teacher(out / "models" / "teacher__s0", "not-this-tokenizer", 300, torch.device("cpu"))
     # every checkpoint belongs to its stage, so a setting that makes stages stale forgets their checkpoints too
     from darkknowledge.experiments import lm as lm_exp
     from darkknowledge.experiments.report import forget_stages, stale_stages
+    from darkknowledge.experiments.runner import model_dir
 
     stages = lm_exp.build_stages(lm_exp.SCALES["smoke"], 1, {})
-    owned = {p for s in stages for p in s.paths}
-    assert {f"models/{d.name}" for d in (out / "models").iterdir()} <= owned
+    owned = {model_dir(out, s.name) for s in stages}
+    assert set((out / "models").iterdir()) <= owned
     stale = stale_stages(stages, {"choose", "distilled"})
     forget_stages(out, stale)
-    assert not (out / "models" / "distilled_full-s0").exists() and (out / "models" / "teacher-s0").is_dir()
+    assert not (out / "models" / "distilled_full__s0").exists() and (out / "models" / "teacher__s0").is_dir()
 
 
 def test_reproduce_lm_needs_text(tmp_path):

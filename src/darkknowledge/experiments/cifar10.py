@@ -38,7 +38,7 @@ from darkknowledge.ensembles import MemberTask, evaluate_ensemble, member_task
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import TTA_LEVELS, errors_from_logits, predict_logits
 from darkknowledge.experiments.report import Experiment, paired_check, relative_to, save_figure, seed_row, values_row
-from darkknowledge.experiments.runner import DONE, PENDING, Stage
+from darkknowledge.experiments.runner import DONE, PENDING, Stage, model_dir
 from darkknowledge.teachers import Teacher
 from darkknowledge.workflows import Result, distill, student_bank, train
 
@@ -237,7 +237,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     sc, device, progress, out = p["scale"], p["device"], p["progress"], Path(p["out"])
     dev = resolve_device(device)
     data, (x_val, y_val) = load_data_for(p["data_dir"], sc, dev)
-    ckpt = out / "models" / stage.name.replace("/", "__")
+    ckpt = model_dir(out, stage.name)
     if stage.kind == "member":
         i = p["member"]
         task = MemberTask(data=member_source(p["data_dir"]), config=scaled(MEMBER, sc, sc.member_epochs, i, device),

@@ -29,7 +29,7 @@ from darkknowledge.config import TrainConfig, packaged_recipe
 from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError
 from darkknowledge.experiments.report import Experiment, relative_to, save_figure, values_row
-from darkknowledge.experiments.runner import DONE, FAILED, Stage
+from darkknowledge.experiments.runner import DONE, FAILED, Stage, model_dir
 from darkknowledge.models import build_model
 from darkknowledge.teachers import model_digest
 from darkknowledge.training import fit
@@ -103,17 +103,7 @@ def _tokens(p: dict[str, Any]) -> tuple[Any, dict[str, text.Tokens]]:
 
 # ---- stages ---------------------------------------------------------------------------------------------
 
-def _checkpoint(out: Path, name: str) -> Path:
-    return out / "models" / name.replace("/", "-")
-
-
 def build_stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
-    stages = _stages(sc, seeds, ctx)
-    # a stage's checkpoints go with its record when a changed setting makes it stale (``report.forget_stages``)
-    return [replace(s, paths=(str(_checkpoint(Path(), s.name)),)) for s in stages]
-
-
-def _stages(sc: Scale, seeds: int, ctx: dict[str, Any]) -> list[Stage]:
     k0 = min(sc.ks)
     choices = tuple(f"choose/{t}-h{h:g}" for t in sc.tails for h in sc.hard_weights)
     stages = [Stage("tokenizer", "tokenizer", ctx, (), 0.05)]
@@ -152,7 +142,7 @@ def _train(name: str, p: dict[str, Any], arch: str, recipe: TrainConfig, epochs:
     torch.manual_seed(seed)
     model = build_model(arch, (sc.seq_len,), tok.get_vocab_size())
     va = w["val"]
-    ckpt = _checkpoint(out, name)
+    ckpt = model_dir(out, name)
     t0 = time.perf_counter()
     history = fit(model, w["train"].inputs, objective_of(model), cfg, checkpoint=ckpt, resume=True,
                   progress=p["progress"], desc=name, meta={"role": name, "tokenizer": digest, **(meta or {})},

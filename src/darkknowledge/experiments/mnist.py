@@ -35,7 +35,7 @@ from darkknowledge.device import resolve_device
 from darkknowledge.errors import DKError, Diverged
 from darkknowledge.evaluation import errors_from_logits, predict_logits
 from darkknowledge.experiments.report import Experiment, fmt_measured, paired_check, relative_to, save_figure, seed_row
-from darkknowledge.experiments.runner import DONE, Stage
+from darkknowledge.experiments.runner import DONE, Stage, model_dir
 from darkknowledge.models import build_model
 from darkknowledge.teachers import Teacher
 from darkknowledge.workflows import Result, distill, distill_with_bias_fix, match_logits, train
@@ -356,7 +356,7 @@ def run_stage(stage: Stage, inputs: dict[str, Any]) -> dict[str, Any]:
     sc, device, seed, progress = p["scale"], p["device"], p["seed"], p["progress"]
     out = Path(p["out"])
     data = load_data_for(p["data_dir"], sc, resolve_device(device))
-    ckpt = out / "models" / stage.name.replace("/", "__")
+    ckpt = model_dir(out, stage.name)
     if stage.kind.startswith("choose_"):
         return _choose(stage, inputs, data, ckpt)
     if stage.kind == "teacher":

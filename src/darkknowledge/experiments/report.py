@@ -35,7 +35,7 @@ from darkknowledge.device import DEFAULT_DEVICE, resolve_device, resolve_precisi
 from darkknowledge.errors import DKError
 from darkknowledge.evaluation import teacher_check
 from darkknowledge.executors import open_executor
-from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, run_stages, stage_path
+from darkknowledge.experiments.runner import DONE, FAILED, PENDING, Stage, model_dir, run_stages, stage_path
 
 
 def git_commit() -> str:
@@ -311,7 +311,7 @@ def forget_stages(out: Path, stages: list[Stage]) -> None:
     """Delete what ``stages`` recorded and saved (its record, its resumable checkpoints) so that they run again."""
     for s in stages:
         stage_path(out, s.name).unlink(missing_ok=True)
-        for path in (Path("models") / s.name.replace("/", "__"), *s.paths):
+        for path in (model_dir(Path(), s.name), *s.paths):
             shutil.rmtree(out / path, ignore_errors=True)
 
 

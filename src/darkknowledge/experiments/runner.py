@@ -53,6 +53,11 @@ def stage_path(out: Path, name: str) -> Path:
     return out / "stages" / f"{name.replace('/', '__')}.json"
 
 
+def model_dir(out: Path, name: str) -> Path:
+    """Where stage ``name`` keeps its (resumable) checkpoint: forgotten with its record."""
+    return out / "models" / name.replace("/", "__")
+
+
 def read_records(out: Path, stages: list[Stage]) -> dict[str, dict[str, Any]]:
     """The recorded outcome of every stage (``{"status": "pending"}`` where none is recorded)."""
     records = {}
